@@ -1,0 +1,311 @@
+"""One settings object for the app and the CLI, from command-line flags and environment.
+
+Every setting has a flag (``--base-model``) and an environment variable
+(``PHOTOMAKER_BASE_MODEL``); a flag given on the command line wins over the environment,
+which wins over the default. Spaces set environment variables in the Space settings, a
+workstation usually passes flags. :data:`FIELDS` is the single table both come from (the
+README's settings table is written from it).
+
+``device`` and ``dtype`` may be ``auto``; :meth:`Settings.resolved_device` and
+:meth:`Settings.resolved_dtype` turn them into what the machine supports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PhotoMakerInputError
+
+DEFAULT_BASE_MODEL = "SG161222/RealVisXL_V4.0"
+
+#: Official checkpoints: version -> (hub repo id, file name in the repo).
+OFFICIAL_CHECKPOINTS = {
+    "v1": ("TencentARC/PhotoMaker", "photomaker-v1.bin"),
+    "v2": ("TencentARC/PhotoMaker-V2", "photomaker-v2.bin"),
+}
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+VERSIONS = ("v1", "v2")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its attribute name, type, default, choices and help text."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    env_aliases: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "PHOTOMAKER_" + self.name.upper()
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("tiny", bool, False,
+          "Run on tiny random-weight models built offline (outputs are noise); for trying the "
+          "app and for tests on a machine without a GPU or weights."),
+    Field("base_model", str, DEFAULT_BASE_MODEL,
+          "SDXL base model: a Hugging Face hub id, a local diffusers folder, or a single "
+          ".safetensors file."),
+    Field("pm_version", str, "v2", "PhotoMaker version.", choices=VERSIONS,
+          env_aliases=("PHOTOMAKER_VERSION",)),
+    Field("checkpoint", str, None,
+          "PhotoMaker checkpoint: hub repo id, local folder or file. Default: "
+          "TencentARC/PhotoMaker (v1) or TencentARC/PhotoMaker-V2 (v2)."),
+    Field("checkpoint_file", str, None,
+          "File name of the checkpoint inside the repo or folder. Default: photomaker-v1.bin "
+          "or photomaker-v2.bin."),
+    Field("trigger_word", str, "img", "The trigger word that follows the class word."),
+    Field("face_pack", str, "buffalo_l",
+          "InsightFace model pack: a name under FACE_ROOT/models/ or a folder path."),
+    Field("face_root", str, "~/.insightface", "InsightFace root folder (packs in models/)."),
+    Field("faces_on_cpu", bool, None,
+          "Run face analysis on the CPU (default: yes on ZeroGPU and CPU machines)."),
+    Field("crop_faces", bool, False,
+          "Crop each ID photo around its face before the ID encoder (helps when faces are small)."),
+    Field("skip_faceless_photos", bool, False,
+          "Drop photos without a face (with a warning) instead of refusing the request."),
+    Field("device", str, "auto", "Device for the pipeline.", choices=DEVICES),
+    Field("dtype", str, "auto",
+          "Weights dtype: auto = bfloat16 where supported, else float16; float32 on CPU.",
+          choices=DTYPES),
+    Field("low_vram", bool, False,
+          "Keep models on the CPU and move each to the GPU only while it runs "
+          "(enable_model_cpu_offload): fits 12 GB cards, slower."),
+    Field("style_lora", str, None,
+          "Optional style LoRA (hub id, folder or .safetensors file) for a stylized look."),
+    Field("style_lora_weight", float, 0.8, "Weight of the style LoRA."),
+    Field("max_photos", int, 10, "Most ID photos accepted per request."),
+    Field("host", str, "127.0.0.1", "Address the app listens on (0.0.0.0 for all).",
+          env_aliases=("GRADIO_SERVER_NAME",)),
+    Field("port", int, 7860, "Port the app listens on.", env_aliases=("GRADIO_SERVER_PORT",)),
+    Field("share", bool, False, "Create a public gradio.live link."),
+    Field("queue_size", int, 20, "Most requests waiting in the queue."),
+)
+
+_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
+    """True on a Hugging Face Space with ZeroGPU hardware."""
+    env = os.environ if env is None else env
+    return env.get("SPACES_ZERO_GPU", "").lower() in _TRUE
+
+
+def _convert(field: Field, raw: Any, source: str) -> Any:
+    if raw is None:
+        return None
+    if field.type is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise PhotoMakerInputError(f"{source}: expected true/false (or 1/0), got {raw!r}.")
+    try:
+        value = field.type(raw)
+    except (TypeError, ValueError):
+        raise PhotoMakerInputError(
+            f"{source}: expected a {field.type.__name__}, got {raw!r}."
+        ) from None
+    if field.choices and value not in field.choices:
+        raise PhotoMakerInputError(
+            f"{source}: {value!r} is not one of {', '.join(field.choices)}."
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app, the service and the CLI are configured with."""
+
+    tiny: bool = False
+    base_model: str = DEFAULT_BASE_MODEL
+    pm_version: str = "v2"
+    checkpoint: str | None = None
+    checkpoint_file: str | None = None
+    trigger_word: str = "img"
+    face_pack: str = "buffalo_l"
+    face_root: str = "~/.insightface"
+    faces_on_cpu: bool | None = None
+    crop_faces: bool = False
+    skip_faceless_photos: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    low_vram: bool = False
+    style_lora: str | None = None
+    style_lora_weight: float = 0.8
+    max_photos: int = 10
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    queue_size: int = 20
+
+    def __post_init__(self) -> None:
+        for field in FIELDS:
+            value = getattr(self, field.name)
+            if field.choices and value not in field.choices:
+                raise PhotoMakerInputError(
+                    f"Setting {field.name}: {value!r} is not one of {', '.join(field.choices)}."
+                )
+        if not 1 <= self.max_photos <= 64:
+            raise PhotoMakerInputError("Setting max_photos must be between 1 and 64.")
+        if not 0 < self.port < 65536:
+            raise PhotoMakerInputError(f"Setting port: {self.port} is not a valid port.")
+        if self.queue_size < 1:
+            raise PhotoMakerInputError("Setting queue_size must be at least 1.")
+        if not self.trigger_word or " " in self.trigger_word:
+            raise PhotoMakerInputError("Setting trigger_word must be one word.")
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``PHOTOMAKER_*`` variables (and the Gradio server ones)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in FIELDS:
+            for key in (field.env, *field.env_aliases):
+                if key in env:
+                    values[field.name] = _convert(field, env[key], key)
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def from_args(
+        cls,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        parser: argparse.ArgumentParser | None = None,
+    ) -> Settings:
+        """Settings from flags (``argv``, default ``sys.argv[1:]``) over the environment."""
+        parser = parser or build_parser()
+        namespace, _unknown = parser.parse_known_args(argv)
+        return cls.from_namespace(namespace, env)
+
+    @classmethod
+    def from_namespace(
+        cls, namespace: argparse.Namespace, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        overrides = {f.name: getattr(namespace, f.name, None) for f in FIELDS}
+        return cls.from_env(env, **overrides)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # -- derived ------------------------------------------------------------------------
+
+    @property
+    def checkpoint_location(self) -> tuple[str, str | None]:
+        """(repo id / folder / file, file name or None) of the PhotoMaker checkpoint."""
+        repo, weight = OFFICIAL_CHECKPOINTS[self.pm_version]
+        if self.checkpoint is None:
+            return repo, self.checkpoint_file or weight
+        if os.path.isfile(os.path.expanduser(self.checkpoint)):
+            return os.path.expanduser(self.checkpoint), None
+        return self.checkpoint, self.checkpoint_file or weight
+
+    def resolved_device(self) -> str:
+        """``cuda``, ``mps`` or ``cpu``; ``auto`` picks the best available."""
+        if self.device != "auto":
+            return self.device
+        if self.tiny:
+            return "cpu"
+        import torch
+
+        if on_zerogpu() or torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+
+    def resolved_dtype(self):
+        """The torch dtype: ``auto`` = float32 on CPU (and in tiny mode), bfloat16 where the
+        GPU supports it, float16 otherwise."""
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        device = self.resolved_device()
+        if self.tiny or device == "cpu":
+            return torch.float32
+        if device == "cuda":
+            if on_zerogpu():
+                return torch.bfloat16
+            try:
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            except (RuntimeError, AssertionError):
+                return torch.float16
+        return torch.float16
+
+    def resolved_faces_on_cpu(self) -> bool:
+        if self.faces_on_cpu is not None:
+            return self.faces_on_cpu
+        return self.tiny or on_zerogpu() or self.resolved_device() != "cuda"
+
+    def describe(self) -> str:
+        """One line for the log."""
+        base = "tiny random-weight models" if self.tiny else self.base_model
+        return (
+            f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
+            f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
+            + (", low-VRAM offload" if self.low_vram else "")
+            + (f", style LoRA {self.style_lora} x{self.style_lora_weight}" if self.style_lora else "")
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one flag per setting. Defaults are ``None`` so the environment can fill them."""
+    group = parser.add_argument_group("settings (flag or PHOTOMAKER_* environment variable)")
+    for field in FIELDS:
+        help_text = f"{field.help} [env {field.env}; default {field.default!r}]"
+        if field.type is bool:
+            group.add_argument(
+                field.flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                default=None, help=help_text,
+            )
+        else:
+            group.add_argument(
+                field.flag, dest=field.name, type=field.type, default=None,
+                choices=field.choices, help=help_text,
+                metavar=None if field.choices else field.name.upper(),
+            )
+    return parser
+
+
+def build_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    kwargs.setdefault("description", "PhotoMaker settings")
+    return add_arguments(argparse.ArgumentParser(**kwargs))
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (for the README)."""
+    rows = ["| Flag | Environment variable | Default | What it does |", "|---|---|---|---|"]
+    for f in FIELDS:
+        env = ", ".join(f"`{e}`" for e in (f.env, *f.env_aliases))
+        default = "auto" if f.default is None and f.type is bool else f.default
+        flag = f"`{f.flag}`" + (f" / `--no-{f.flag[2:]}`" if f.type is bool else "")
+        choices = f" One of {', '.join(f.choices)}." if f.choices else ""
+        rows.append(f"| {flag} | {env} | `{default}` | {f.help}{choices} |")
+    return "\n".join(rows)

@@ -1,0 +1,99 @@
+"""Settings: flags win over PHOTOMAKER_* variables, which win over defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from photomaker.errors import PhotoMakerInputError
+from photomaker.settings import FIELDS, Settings, build_parser, settings_table
+
+
+def test_defaults_match_the_field_table():
+    defaults = Settings()
+    for field in FIELDS:
+        assert getattr(defaults, field.name) == field.default, field.name
+    assert {f.name for f in dataclasses.fields(Settings)} == {f.name for f in FIELDS}
+    assert defaults.base_model == "SG161222/RealVisXL_V4.0"
+    assert defaults.pm_version == "v2"
+
+
+def test_env_then_flags():
+    env = {
+        "PHOTOMAKER_TINY": "1",
+        "PHOTOMAKER_BASE_MODEL": "/models/my-sdxl.safetensors",
+        "PHOTOMAKER_VERSION": "v1",
+        "PHOTOMAKER_STYLE_LORA_WEIGHT": "0.5",
+        "PHOTOMAKER_LOW_VRAM": "yes",
+        "GRADIO_SERVER_PORT": "9001",
+    }
+    s = Settings.from_args([], env=env)
+    assert s.tiny is True and s.pm_version == "v1" and s.low_vram is True
+    assert s.base_model == "/models/my-sdxl.safetensors"
+    assert s.style_lora_weight == 0.5 and s.port == 9001
+
+    s = Settings.from_args(
+        ["--no-tiny", "--pm-version", "v2", "--port", "7000", "--no-low-vram", "--crop-faces"], env=env
+    )
+    assert s.tiny is False and s.pm_version == "v2" and s.port == 7000 and s.low_vram is False
+    assert s.crop_faces is True
+    assert s.base_model == "/models/my-sdxl.safetensors"  # untouched by flags: env stays
+
+
+def test_own_port_variable_wins_over_gradio_one():
+    s = Settings.from_env({"PHOTOMAKER_PORT": "8000", "GRADIO_SERVER_PORT": "9000"})
+    assert s.port == 8000
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"PHOTOMAKER_TINY": "maybe"}, {"PHOTOMAKER_PORT": "http"}, {"PHOTOMAKER_VERSION": "v3"},
+     {"PHOTOMAKER_DEVICE": "tpu"}, {"PHOTOMAKER_PORT": "70000"}],
+)
+def test_bad_env_values_name_the_variable(env):
+    with pytest.raises(PhotoMakerInputError) as err:
+        Settings.from_env(env)
+    assert list(env)[0] in str(err.value) or "port" in str(err.value)
+
+
+def test_bad_flag_exits():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--pm-version", "v3"])
+
+
+def test_checkpoint_location(tmp_path):
+    assert Settings().checkpoint_location == ("TencentARC/PhotoMaker-V2", "photomaker-v2.bin")
+    assert Settings(pm_version="v1").checkpoint_location == ("TencentARC/PhotoMaker", "photomaker-v1.bin")
+    file = tmp_path / "pm.safetensors"
+    file.write_bytes(b"x")
+    assert Settings(checkpoint=str(file)).checkpoint_location == (str(file), None)
+    assert Settings(checkpoint=str(tmp_path)).checkpoint_location == (str(tmp_path), "photomaker-v2.bin")
+    assert Settings(checkpoint="me/pm", checkpoint_file="w.bin").checkpoint_location == ("me/pm", "w.bin")
+
+
+def test_device_and_dtype_resolution(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert Settings(tiny=True).resolved_device() == "cpu"
+    assert Settings(tiny=True).resolved_dtype() == torch.float32
+    assert Settings(device="cpu").resolved_dtype() == torch.float32
+    assert Settings(device="cpu", dtype="bfloat16").resolved_dtype() == torch.bfloat16
+    assert Settings(device="mps").resolved_dtype() == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Settings().resolved_device() in ("cpu", "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert Settings().resolved_device() == "cuda"
+    assert Settings().resolved_dtype() == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert Settings().resolved_dtype() == torch.bfloat16
+    assert Settings().resolved_faces_on_cpu() is False
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert Settings().resolved_faces_on_cpu() is True
+
+
+def test_settings_table_lists_every_setting():
+    table = settings_table()
+    for field in FIELDS:
+        assert field.flag in table and field.env in table
