@@ -58,43 +58,98 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("tiny", bool, False,
-          "Run on tiny random-weight models built offline (outputs are noise); for trying the "
-          "app and for tests on a machine without a GPU or weights."),
-    Field("base_model", str, DEFAULT_BASE_MODEL,
-          "SDXL base model: a Hugging Face hub id, a local diffusers folder, or a single "
-          ".safetensors file."),
-    Field("pm_version", str, "v2", "PhotoMaker version.", choices=VERSIONS,
-          env_aliases=("PHOTOMAKER_VERSION",)),
-    Field("checkpoint", str, None,
-          "PhotoMaker checkpoint: hub repo id, local folder or file. Default: "
-          "TencentARC/PhotoMaker (v1) or TencentARC/PhotoMaker-V2 (v2)."),
-    Field("checkpoint_file", str, None,
-          "File name of the checkpoint inside the repo or folder. Default: photomaker-v1.bin "
-          "or photomaker-v2.bin."),
+    Field(
+        "tiny",
+        bool,
+        False,
+        "Run on tiny random-weight models built offline (outputs are noise); for trying the "
+        "app and for tests on a machine without a GPU or weights.",
+    ),
+    Field(
+        "base_model",
+        str,
+        DEFAULT_BASE_MODEL,
+        "SDXL base model: a Hugging Face hub id, a local diffusers folder, or a single "
+        ".safetensors file.",
+    ),
+    Field(
+        "pm_version",
+        str,
+        "v2",
+        "PhotoMaker version.",
+        choices=VERSIONS,
+        env_aliases=("PHOTOMAKER_VERSION",),
+    ),
+    Field(
+        "checkpoint",
+        str,
+        None,
+        "PhotoMaker checkpoint: hub repo id, local folder or file. Default: "
+        "TencentARC/PhotoMaker (v1) or TencentARC/PhotoMaker-V2 (v2).",
+    ),
+    Field(
+        "checkpoint_file",
+        str,
+        None,
+        "File name of the checkpoint inside the repo or folder. Default: photomaker-v1.bin "
+        "or photomaker-v2.bin.",
+    ),
     Field("trigger_word", str, "img", "The trigger word that follows the class word."),
-    Field("face_pack", str, "buffalo_l",
-          "InsightFace model pack: a name under FACE_ROOT/models/ or a folder path."),
+    Field(
+        "face_pack",
+        str,
+        "buffalo_l",
+        "InsightFace model pack: a name under FACE_ROOT/models/ or a folder path.",
+    ),
     Field("face_root", str, "~/.insightface", "InsightFace root folder (packs in models/)."),
-    Field("faces_on_cpu", bool, None,
-          "Run face analysis on the CPU (default: yes on ZeroGPU and CPU machines)."),
-    Field("crop_faces", bool, False,
-          "Crop each ID photo around its face before the ID encoder (helps when faces are small)."),
-    Field("skip_faceless_photos", bool, False,
-          "Drop photos without a face (with a warning) instead of refusing the request."),
+    Field(
+        "faces_on_cpu",
+        bool,
+        None,
+        "Run face analysis on the CPU (default: yes on ZeroGPU and CPU machines).",
+    ),
+    Field(
+        "crop_faces",
+        bool,
+        False,
+        "Crop each ID photo around its face before the ID encoder (helps when faces are small).",
+    ),
+    Field(
+        "skip_faceless_photos",
+        bool,
+        False,
+        "Drop photos without a face (with a warning) instead of refusing the request.",
+    ),
     Field("device", str, "auto", "Device for the pipeline.", choices=DEVICES),
-    Field("dtype", str, "auto",
-          "Weights dtype: auto = bfloat16 where supported, else float16; float32 on CPU.",
-          choices=DTYPES),
-    Field("low_vram", bool, False,
-          "Keep models on the CPU and move each to the GPU only while it runs "
-          "(enable_model_cpu_offload): fits 12 GB cards, slower."),
-    Field("style_lora", str, None,
-          "Optional style LoRA (hub id, folder or .safetensors file) for a stylized look."),
+    Field(
+        "dtype",
+        str,
+        "auto",
+        "Weights dtype: auto = bfloat16 where supported, else float16; float32 on CPU.",
+        choices=DTYPES,
+    ),
+    Field(
+        "low_vram",
+        bool,
+        False,
+        "Keep models on the CPU and move each to the GPU only while it runs "
+        "(enable_model_cpu_offload): fits 12 GB cards, slower.",
+    ),
+    Field(
+        "style_lora",
+        str,
+        None,
+        "Optional style LoRA (hub id, folder or .safetensors file) for a stylized look.",
+    ),
     Field("style_lora_weight", float, 0.8, "Weight of the style LoRA."),
     Field("max_photos", int, 10, "Most ID photos accepted per request."),
-    Field("host", str, "127.0.0.1", "Address the app listens on (0.0.0.0 for all).",
-          env_aliases=("GRADIO_SERVER_NAME",)),
+    Field(
+        "host",
+        str,
+        "127.0.0.1",
+        "Address the app listens on (0.0.0.0 for all).",
+        env_aliases=("GRADIO_SERVER_NAME",),
+    ),
     Field("port", int, 7860, "Port the app listens on.", env_aliases=("GRADIO_SERVER_PORT",)),
     Field("share", bool, False, "Create a public gradio.live link."),
     Field("queue_size", int, 20, "Most requests waiting in the queue."),
@@ -128,9 +183,7 @@ def _convert(field: Field, raw: Any, source: str) -> Any:
             f"{source}: expected a {field.type.__name__}, got {raw!r}."
         ) from None
     if field.choices and value not in field.choices:
-        raise PhotoMakerInputError(
-            f"{source}: {value!r} is not one of {', '.join(field.choices)}."
-        )
+        raise PhotoMakerInputError(f"{source}: {value!r} is not one of {', '.join(field.choices)}.")
     return value
 
 
@@ -271,7 +324,11 @@ class Settings:
             f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
             f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
             + (", low-VRAM offload" if self.low_vram else "")
-            + (f", style LoRA {self.style_lora} x{self.style_lora_weight}" if self.style_lora else "")
+            + (
+                f", style LoRA {self.style_lora} x{self.style_lora_weight}"
+                if self.style_lora
+                else ""
+            )
         )
 
 
@@ -282,13 +339,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help_text = f"{field.help} [env {field.env}; default {field.default!r}]"
         if field.type is bool:
             group.add_argument(
-                field.flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                default=None, help=help_text,
+                field.flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             group.add_argument(
-                field.flag, dest=field.name, type=field.type, default=None,
-                choices=field.choices, help=help_text,
+                field.flag,
+                dest=field.name,
+                type=field.type,
+                default=None,
+                choices=field.choices,
+                help=help_text,
                 metavar=None if field.choices else field.name.upper(),
             )
     return parser

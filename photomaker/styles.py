@@ -44,7 +44,9 @@ class StyleBook:
         for style in styles:
             _check(style, trigger_word)
             if style.name in self._styles:
-                raise PhotoMakerInputError(f"Style templates: the name {style.name!r} appears twice.")
+                raise PhotoMakerInputError(
+                    f"Style templates: the name {style.name!r} appears twice."
+                )
             self._styles[style.name] = style
         if not self._styles:
             raise PhotoMakerInputError("Style templates: the file has no styles.")
@@ -57,11 +59,15 @@ class StyleBook:
         except FileNotFoundError:
             raise PhotoMakerInputError(f"Style templates: {path} does not exist.") from None
         except json.JSONDecodeError as err:
-            raise PhotoMakerInputError(f"Style templates: {path} is not valid JSON ({err}).") from None
+            raise PhotoMakerInputError(
+                f"Style templates: {path} is not valid JSON ({err})."
+            ) from None
         return cls.from_data(data, trigger_word=trigger_word, source=str(path))
 
     @classmethod
-    def from_data(cls, data: object, trigger_word: str = "img", source: str = "styles") -> StyleBook:
+    def from_data(
+        cls, data: object, trigger_word: str = "img", source: str = "styles"
+    ) -> StyleBook:
         if isinstance(data, Mapping):  # also accept {"name": {"prompt":..., ...}}
             data = [{"name": k, **v} if isinstance(v, Mapping) else v for k, v in data.items()]
         if not isinstance(data, list):
@@ -69,7 +75,9 @@ class StyleBook:
         styles = []
         for i, entry in enumerate(data, start=1):
             if not isinstance(entry, Mapping):
-                raise PhotoMakerInputError(f"Style templates in {source}: entry {i} is not an object.")
+                raise PhotoMakerInputError(
+                    f"Style templates in {source}: entry {i} is not an object."
+                )
             unknown = set(entry) - {"name", "prompt", "negative_prompt"}
             if unknown:
                 raise PhotoMakerInputError(
@@ -119,7 +127,10 @@ def _check(style: Style, trigger_word: str) -> None:
             f"Style {style.name!r}: its prompt must contain {PLACEHOLDER} exactly once "
             f"(found {count} times)."
         )
-    for label, text in (("prompt", style.prompt.replace(PLACEHOLDER, "")), ("negative prompt", style.negative_prompt)):
+    for label, text in (
+        ("prompt", style.prompt.replace(PLACEHOLDER, "")),
+        ("negative prompt", style.negative_prompt),
+    ):
         if re.search(r"[{}]", text):
             raise PhotoMakerInputError(
                 f"Style {style.name!r}: its {label} has a brace other than {PLACEHOLDER}."

@@ -35,7 +35,8 @@ def test_env_then_flags():
     assert s.style_lora_weight == 0.5 and s.port == 9001
 
     s = Settings.from_args(
-        ["--no-tiny", "--pm-version", "v2", "--port", "7000", "--no-low-vram", "--crop-faces"], env=env
+        ["--no-tiny", "--pm-version", "v2", "--port", "7000", "--no-low-vram", "--crop-faces"],
+        env=env,
     )
     assert s.tiny is False and s.pm_version == "v2" and s.port == 7000 and s.low_vram is False
     assert s.crop_faces is True
@@ -49,8 +50,13 @@ def test_own_port_variable_wins_over_gradio_one():
 
 @pytest.mark.parametrize(
     "env",
-    [{"PHOTOMAKER_TINY": "maybe"}, {"PHOTOMAKER_PORT": "http"}, {"PHOTOMAKER_VERSION": "v3"},
-     {"PHOTOMAKER_DEVICE": "tpu"}, {"PHOTOMAKER_PORT": "70000"}],
+    [
+        {"PHOTOMAKER_TINY": "maybe"},
+        {"PHOTOMAKER_PORT": "http"},
+        {"PHOTOMAKER_VERSION": "v3"},
+        {"PHOTOMAKER_DEVICE": "tpu"},
+        {"PHOTOMAKER_PORT": "70000"},
+    ],
 )
 def test_bad_env_values_name_the_variable(env):
     with pytest.raises(PhotoMakerInputError) as err:
@@ -65,12 +71,21 @@ def test_bad_flag_exits():
 
 def test_checkpoint_location(tmp_path):
     assert Settings().checkpoint_location == ("TencentARC/PhotoMaker-V2", "photomaker-v2.bin")
-    assert Settings(pm_version="v1").checkpoint_location == ("TencentARC/PhotoMaker", "photomaker-v1.bin")
+    assert Settings(pm_version="v1").checkpoint_location == (
+        "TencentARC/PhotoMaker",
+        "photomaker-v1.bin",
+    )
     file = tmp_path / "pm.safetensors"
     file.write_bytes(b"x")
     assert Settings(checkpoint=str(file)).checkpoint_location == (str(file), None)
-    assert Settings(checkpoint=str(tmp_path)).checkpoint_location == (str(tmp_path), "photomaker-v2.bin")
-    assert Settings(checkpoint="me/pm", checkpoint_file="w.bin").checkpoint_location == ("me/pm", "w.bin")
+    assert Settings(checkpoint=str(tmp_path)).checkpoint_location == (
+        str(tmp_path),
+        "photomaker-v2.bin",
+    )
+    assert Settings(checkpoint="me/pm", checkpoint_file="w.bin").checkpoint_location == (
+        "me/pm",
+        "w.bin",
+    )
 
 
 def test_device_and_dtype_resolution(monkeypatch):

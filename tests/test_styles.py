@@ -7,7 +7,14 @@ import json
 import pytest
 
 from photomaker.errors import PhotoMakerInputError
-from photomaker.styles import DEFAULT_STYLE, NO_STYLE, STYLE_FILE, StyleBook, apply_style, default_styles
+from photomaker.styles import (
+    DEFAULT_STYLE,
+    NO_STYLE,
+    STYLE_FILE,
+    StyleBook,
+    apply_style,
+    default_styles,
+)
 
 
 def test_project_styles_load():
@@ -68,5 +75,7 @@ def test_load_errors(tmp_path):
 
 
 def test_other_trigger_word():
-    book = StyleBook.from_data([{"name": "A", "prompt": "{prompt}, img quality"}], trigger_word="sks")
+    book = StyleBook.from_data(
+        [{"name": "A", "prompt": "{prompt}, img quality"}], trigger_word="sks"
+    )
     assert book.apply("A", "a man sks") == ("a man sks, img quality", "")
