@@ -1,0 +1,39 @@
+"""PhotoMaker, open: personalized SDXL photos of a person from a few of their photos.
+
+The heavy modules (diffusers, transformers) load on first use, so that importing a light part
+of the package (``photomaker.errors``, ``photomaker.prompting``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from photomaker.errors import PhotoMakerInputError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PhotoMakerStableDiffusionXLPipeline": "photomaker.pipeline",
+    "PhotoMakerIDEncoder": "photomaker.encoders",
+    "PhotoMakerIDEncoderV2": "photomaker.encoders",
+    "IDEncoderConfig": "photomaker.encoders",
+    "build_id_encoder": "photomaker.encoders",
+}
+
+__all__ = ["PhotoMakerInputError", "__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from photomaker.encoders import (
+        IDEncoderConfig,
+        PhotoMakerIDEncoder,
+        PhotoMakerIDEncoderV2,
+        build_id_encoder,
+    )
+    from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'photomaker' has no attribute {name!r}")

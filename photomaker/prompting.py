@@ -1,0 +1,199 @@
+"""Trigger-word prompts, on token ids.
+
+PhotoMaker prompts name the person with a class word followed by the trigger word:
+"a photo of a woman img in a spacesuit". The trigger token is dropped and the class word
+before it is repeated once per ID vector — ``num_photos × tokens_per_image`` times (V1: 1
+token per photo, V2: 2) — so that the fuse module can replace each copy with one photo's ID
+embedding. Everything here works on token ids from a real CLIP tokenizer and raises
+:class:`~photomaker.errors.PhotoMakerInputError` with a message that says what to change, so
+the app can check a prompt before any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from photomaker.errors import PhotoMakerInputError
+
+__all__ = [
+    "ExpandedPrompt",
+    "PromptCheck",
+    "expand_class_tokens",
+    "check_prompt",
+    "text_only_prompt",
+]
+
+DEFAULT_TRIGGER_WORD = "img"
+
+
+class Tokenizer(Protocol):  # the part of a transformers tokenizer used here
+    model_max_length: int
+    pad_token_id: int
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def convert_tokens_to_ids(self, token: str) -> int: ...
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ExpandedPrompt:
+    """Token ids ready for a text encoder, and where the class-word copies are."""
+
+    input_ids: list[int]
+    class_tokens_mask: list[bool]
+    class_token_index: int
+    class_token_id: int
+    #: tokens after the class-token block that did not fit in ``max_length`` and were cut.
+    num_truncated: int
+
+
+@dataclass(frozen=True)
+class PromptCheck:
+    """What a valid prompt costs, for the UI to show."""
+
+    class_word: str
+    num_class_tokens: int
+    num_tokens: int
+    max_length: int
+    num_truncated: int
+    text_only: str
+
+    @property
+    def warning(self) -> str | None:
+        if not self.num_truncated:
+            return None
+        return (
+            f"The prompt is {self.num_truncated} token(s) over the {self.max_length}-token limit "
+            "once the class word is repeated for each photo; its end is ignored."
+        )
+
+
+def _trigger_hint(trigger_word: str) -> str:
+    return f"add '{trigger_word}' right after the class word, e.g. 'a photo of a woman {trigger_word}'"
+
+
+def expand_class_tokens(
+    token_ids: list[int],
+    trigger_token_id: int,
+    num_class_tokens: int,
+    max_length: int,
+    pad_token_id: int,
+    trigger_word: str = DEFAULT_TRIGGER_WORD,
+    is_word: Callable[[int], bool] | None = None,
+) -> ExpandedPrompt:
+    """Drop the trigger token and repeat the token before it ``num_class_tokens`` times.
+
+    ``token_ids`` are the tokenizer's ids *with* the special tokens (BOS first, EOS last) and
+    without padding. The result is padded with ``pad_token_id`` or cut to ``max_length``.
+    ``is_word(token_id)`` tells whether a token can be a class word (not BOS, not
+    punctuation); the default accepts anything but the first position.
+    """
+    positions = [i for i, t in enumerate(token_ids) if t == trigger_token_id]
+    if not positions:
+        raise PhotoMakerInputError(
+            f"The prompt has no trigger word '{trigger_word}': {_trigger_hint(trigger_word)}."
+        )
+    if len(positions) > 1:
+        raise PhotoMakerInputError(
+            f"The prompt has the trigger word '{trigger_word}' {len(positions)} times; use it "
+            f"exactly once, right after the class word, e.g. 'a photo of a man {trigger_word}'."
+        )
+    trigger_at = positions[0]
+    class_index = trigger_at - 1  # the trigger is dropped, so this index holds in both lists
+    if class_index < 1 or (is_word is not None and not is_word(token_ids[class_index])):
+        raise PhotoMakerInputError(
+            f"The trigger word '{trigger_word}' must follow a class word such as man, woman, "
+            f"boy, girl or person: {_trigger_hint(trigger_word)}."
+        )
+    if num_class_tokens < 1:
+        raise ValueError("num_class_tokens must be at least 1")
+
+    clean = token_ids[:trigger_at] + token_ids[trigger_at + 1 :]
+    class_id = clean[class_index]
+    expanded = clean[:class_index] + [class_id] * num_class_tokens + clean[class_index + 1 :]
+    block_end = class_index + num_class_tokens
+    if block_end > max_length:
+        over = block_end - max_length
+        raise PhotoMakerInputError(
+            f"The prompt is too long for {num_class_tokens} ID token(s): the class word is "
+            f"repeated once per ID token and {over} of those copies fall past the "
+            f"{max_length}-token limit. Shorten the text before the class word by {over} "
+            "token(s) or use fewer photos."
+        )
+    num_truncated = max(0, len(expanded) - max_length)
+    expanded = expanded[:max_length] + [pad_token_id] * (max_length - len(expanded))
+    mask = [class_index <= i < block_end for i in range(max_length)]
+    return ExpandedPrompt(expanded, mask, class_index, class_id, num_truncated)
+
+
+def is_word_token(tokenizer: Tokenizer, token_id: int) -> bool:
+    """True for a token with a letter or digit that is not a special token."""
+    if token_id in set(getattr(tokenizer, "all_special_ids", []) or []):
+        return False
+    token = tokenizer.convert_ids_to_tokens([token_id])[0] or ""
+    return re.search(r"[^\W_]", token.replace("</w>", "")) is not None
+
+
+def expand_prompt(
+    tokenizer: Tokenizer, prompt: str, trigger_word: str, num_class_tokens: int
+) -> ExpandedPrompt:
+    """Tokenize ``prompt`` and expand its class word (see :func:`expand_class_tokens`)."""
+    return expand_class_tokens(
+        tokenizer.encode(prompt),
+        trigger_token_id=tokenizer.convert_tokens_to_ids(trigger_word),
+        num_class_tokens=num_class_tokens,
+        max_length=tokenizer.model_max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        trigger_word=trigger_word,
+        is_word=lambda token_id: is_word_token(tokenizer, token_id),
+    )
+
+
+def text_only_prompt(tokenizer: Tokenizer, prompt: str, trigger_word: str) -> str:
+    """The prompt without its trigger word, decoded from token ids as the reference does.
+
+    Decoding normalises the text the way the tokenizer sees it (lower case, spaces around
+    punctuation): "a photo of a woman wearing a red hat , detailed".
+    """
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    trigger_id = tokenizer.convert_tokens_to_ids(trigger_word)
+    if trigger_id in ids:
+        ids.remove(trigger_id)
+    return tokenizer.decode(ids)
+
+
+def check_prompt(
+    tokenizer: Tokenizer,
+    prompt: str,
+    num_id_images: int,
+    tokens_per_image: int,
+    trigger_word: str = DEFAULT_TRIGGER_WORD,
+) -> PromptCheck:
+    """Validate a prompt for ``num_id_images`` photos without running any model.
+
+    The tokenizer must already know the trigger word (``add_tokens([trigger], special_tokens=True)``,
+    which ``load_photomaker_adapter`` does).
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PhotoMakerInputError(
+            f"The prompt is empty: describe the picture and {_trigger_hint(trigger_word)}."
+        )
+    if num_id_images < 1:
+        raise PhotoMakerInputError("Upload at least one photo of the person.")
+    expanded = expand_prompt(tokenizer, prompt, trigger_word, num_id_images * tokens_per_image)
+    class_word = tokenizer.convert_ids_to_tokens([expanded.class_token_id])[0].replace("</w>", "")
+    return PromptCheck(
+        class_word=class_word,
+        num_class_tokens=num_id_images * tokens_per_image,
+        num_tokens=min(
+            tokenizer.model_max_length,
+            len(tokenizer.encode(prompt)) - 1 + num_id_images * tokens_per_image - 1,
+        ),
+        max_length=tokenizer.model_max_length,
+        num_truncated=expanded.num_truncated,
+        text_only=text_only_prompt(tokenizer, prompt, trigger_word),
+    )

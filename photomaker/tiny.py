@@ -1,0 +1,308 @@
+"""Small random-weight components, built offline, so the whole project runs on a CPU in seconds.
+
+No model weights can be downloaded where this project is tested, so the tests and the app's
+``--tiny`` mode use:
+
+* the **real CLIP tokenizer** (the BPE vocabulary shipped inside the ``open-clip-torch``
+  wheel, read from its installed files without importing ``open_clip``), so prompt handling
+  runs on real token ids;
+* a tiny SDXL (UNet, VAE, two CLIP text encoders) and tiny ID encoders with random weights
+  drawn from a seed;
+* a random PhotoMaker checkpoint **written to disk in the official format** and loaded through
+  the same ``load_photomaker_adapter`` path as the released files.
+
+Outputs are noise: these models were never trained. Nothing here pretends otherwise.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from photomaker.encoders import IDEncoderConfig, build_id_encoder
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TINY_ENCODER_CONFIG",
+    "TINY_IMAGE_SIZE",
+    "TINY_LORA_RANK",
+    "bpe_vocabulary_path",
+    "clip_tokenizer",
+    "build_tiny_components",
+    "tiny_lora_state_dict",
+    "random_state_dict",
+    "write_checkpoint",
+    "write_tiny_checkpoint",
+    "build_tiny_pipeline",
+]
+
+#: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
+#: two projections (32 + 32) must add up to that.
+TINY_ENCODER_CONFIG = IDEncoderConfig(
+    vision_hidden_size=32,
+    vision_intermediate_size=37,
+    vision_num_layers=2,
+    vision_num_heads=4,
+    vision_patch_size=14,
+    vision_image_size=224,
+    projection_dim=32,
+    projection_dim_2=32,
+    id_embedding_dim=512,
+    tokens_per_image_v2=2,
+    token_proj_ratio=1,
+    perceiver_depth=2,
+    perceiver_dim_head=16,
+    perceiver_ff_mult=2,
+)
+#: The tiny pipeline's default output size (UNet sample 32 × VAE factor 2).
+TINY_IMAGE_SIZE = 64
+TINY_LORA_RANK = 4
+CLIP_MAX_LENGTH = 77
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def bpe_vocabulary_path() -> Path:
+    """The CLIP BPE merges file inside the installed ``open-clip-torch`` distribution."""
+    try:
+        dist = importlib.metadata.distribution("open-clip-torch")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise RuntimeError(
+            "The CLIP vocabulary comes from the open-clip-torch wheel: "
+            "pip install --no-deps open-clip-torch"
+        ) from error
+    path = Path(dist.locate_file("open_clip/bpe_simple_vocab_16e6.txt.gz"))
+    if not path.is_file():
+        raise RuntimeError(f"open-clip-torch is installed but {path} is missing")
+    return path
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_files() -> Path:
+    """vocab.json and merges.txt in the Hugging Face layout, written once per process."""
+    lines = gzip.open(bpe_vocabulary_path()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # the 48,894 merges CLIP uses
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(merge.split()) for merge in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(tempfile.mkdtemp(prefix="photomaker-clip-tokenizer-"))
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """The real CLIP tokenizer (49,408 tokens, 77 max). SDXL's second one pads with ``"!"``."""
+    from transformers import CLIPTokenizer
+
+    folder = _tokenizer_files()
+    return CLIPTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        pad_token=pad_token,
+        model_max_length=CLIP_MAX_LENGTH,
+    )
+
+
+# --------------------------------------------------------------------------- tiny SDXL
+
+
+def _seeded(seed: int, salt: str) -> None:
+    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def build_tiny_components(seed: int = 0) -> dict:
+    """A tiny SDXL's components (random weights from ``seed``), for ``Pipeline(**components)``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _seeded(seed, "unet")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=16,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    _seeded(seed, "vae")
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=TINY_IMAGE_SIZE,
+    )
+    # Like SDXL's own configs: eos_token_id=2 selects CLIP's legacy pooling (argmax id).
+    text_config = dict(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=49408, hidden_size=32,
+        intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, layer_norm_eps=1e-5,
+        hidden_act="gelu", projection_dim=32, max_position_embeddings=77,
+    )
+    _seeded(seed, "text_encoder")
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    _seeded(seed, "text_encoder_2")
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    return {
+        "unet": unet.eval(),
+        "scheduler": scheduler,
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": text_encoder_2.eval(),
+        "tokenizer_2": clip_tokenizer(pad_token="!"),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _attention_projections(unet: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{module path: (in_features, out_features)}`` of every attn1/attn2 q, k, v, out."""
+    found = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, nn.Linear) and (".attn1." in name or ".attn2." in name):
+            if name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
+                found[name] = (module.in_features, module.out_features)
+    return found
+
+
+def tiny_lora_state_dict(unet: nn.Module, rank: int = TINY_LORA_RANK, seed: int = 0) -> dict:
+    """A random UNet LoRA in the official (old attention-processor) key format."""
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, (fan_in, fan_out) in _attention_projections(unet).items():
+        attn, _, proj = name.rpartition(".to_")
+        proj = proj.replace("out.0", "out")
+        prefix = f"unet.{attn}.processor.to_{proj}_lora"
+        lora[f"{prefix}.down.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+        lora[f"{prefix}.up.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.1
+    return lora
+
+
+def random_state_dict(module: nn.Module, seed: int = 0, mixed_dtypes: bool = False) -> dict:
+    """Random tensors with ``module``'s keys and shapes (persistent entries only).
+
+    ``mixed_dtypes`` stores matrices in bf16 and the rest in fp32, like the released files.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in module.state_dict().items():
+        tensor = torch.randn(value.shape, generator=generator) * 0.02
+        if key.endswith("weight") and tensor.ndim == 1:  # LayerNorm scales
+            tensor = 1 + tensor
+        if mixed_dtypes and tensor.ndim >= 2:
+            tensor = tensor.to(torch.bfloat16)
+        state[key] = tensor
+    return state
+
+
+def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``{"id_encoder": ..., "lora_weights": ...}`` as ``.bin`` (pickle) or flat ``.safetensors``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        flat = {f"{entry}.{k}": v.contiguous() for entry, sd in state.items() for k, v in sd.items()}
+        save_file(flat, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def write_tiny_checkpoint(
+    path: str | os.PathLike, pm_version: str = "v2", seed: int = 0, unet: nn.Module | None = None
+) -> Path:
+    """A random tiny PhotoMaker checkpoint in the official format, for the tiny UNet."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        encoder = build_id_encoder(pm_version, TINY_ENCODER_CONFIG)
+    if unet is None:
+        unet = build_tiny_components(seed)["unet"]
+    state = {
+        "id_encoder": random_state_dict(encoder, seed=seed + 1),
+        "lora_weights": tiny_lora_state_dict(unet, seed=seed + 2),
+    }
+    # Make the ID visibly matter in the tiny model: larger fuse weights than 0.02 noise.
+    for key, value in state["id_encoder"].items():
+        if key.startswith("fuse_module.") and key.endswith(("fc1.weight", "fc2.weight")):
+            state["id_encoder"][key] = value * 25
+    return write_checkpoint(state, path)
+
+
+def build_tiny_pipeline(
+    pm_version: str = "v2",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_format: str = "bin",
+):
+    """A ready tiny ``PhotoMakerStableDiffusionXLPipeline`` on the CPU, adapter loaded from disk."""
+    from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+
+    components = build_tiny_components(seed)
+    folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "photomaker-tiny"
+    checkpoint = folder / f"tiny-photomaker-{pm_version}-seed{seed}.{checkpoint_format}"
+    if not checkpoint.is_file():
+        write_tiny_checkpoint(checkpoint.with_suffix(".tmp" + checkpoint.suffix), pm_version, seed,
+                              unet=components["unet"]).rename(checkpoint)
+    pipe = PhotoMakerStableDiffusionXLPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_photomaker_adapter(
+        str(checkpoint), pm_version=pm_version, id_encoder_config=TINY_ENCODER_CONFIG
+    )
+    logger.info("Tiny PhotoMaker %s pipeline ready (random weights: outputs are noise)", pm_version)
+    return pipe
