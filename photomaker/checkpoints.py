@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from photomaker.encoders import IDEncoderConfig, PhotoMakerIDEncoder, build_id_encoder
 from photomaker.errors import PhotoMakerInputError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ __all__ = [
     "read_checkpoint",
     "load_photomaker_state_dict",
     "check_id_encoder_keys",
+    "load_id_encoder",
     "convert_lora_to_peft",
     "split_flat_state_dict",
 ]
@@ -210,6 +212,27 @@ def check_id_encoder_keys(
             "The checkpoint's id_encoder has tensors of the wrong shape: " + _describe(wrong, 4)
         )
     return state
+
+
+def load_id_encoder(
+    state_dict: Mapping[str, torch.Tensor],
+    pm_version: str,
+    config: IDEncoderConfig | None = None,
+) -> PhotoMakerIDEncoder:
+    """Build the encoder for ``pm_version`` and load ``state_dict`` into it, strictly.
+
+    The encoder is built without allocating weights (the checkpoint's tensors are assigned),
+    so loading the 543M-parameter V2 encoder costs no random initialisation.
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        encoder = build_id_encoder(pm_version, config)
+    expected = {k: v.shape for k, v in encoder.state_dict().items()}
+    state = check_id_encoder_keys(state_dict, expected, pm_version)
+    encoder.load_state_dict(state, strict=True, assign=True)
+    # Released files mix bf16 and fp32: one dtype for all (the caller casts it further).
+    return encoder.to(dtype=torch.float32).eval()
 
 
 def convert_lora_to_peft(

@@ -31,7 +31,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from huggingface_hub.utils import validate_hf_hub_args
 
 from photomaker import checkpoints, prompting
-from photomaker.encoders import IDEncoderConfig, PhotoMakerIDEncoder, build_id_encoder
+from photomaker.encoders import IDEncoderConfig, PhotoMakerIDEncoder
 
 try:  # transformers >= 5 names the PIL-based processor explicitly (no torchvision needed)
     from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
@@ -101,15 +101,8 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             pretrained_model_name_or_path_or_dict, weight_name, subfolder, pm_version, **kwargs
         )
 
-        # The ID encoder: built without allocating weights, then given the checkpoint's.
-        from accelerate import init_empty_weights
-
-        with init_empty_weights(include_buffers=False):
-            encoder = build_id_encoder(pm_version, id_encoder_config)
-        expected = {k: v.shape for k, v in encoder.state_dict().items()}
-        encoder_state = checkpoints.check_id_encoder_keys(state["id_encoder"], expected, pm_version)
-        encoder.load_state_dict(encoder_state, strict=True, assign=True)
-        self.id_encoder = encoder.to(device=self.device, dtype=self.unet.dtype).eval()
+        encoder = checkpoints.load_id_encoder(state["id_encoder"], pm_version, id_encoder_config)
+        self.id_encoder = encoder.to(device=self.device, dtype=self.unet.dtype)
         self.id_image_processor = _CLIPImageProcessor()
         self.pm_version = pm_version
         self.num_tokens_per_image = encoder.tokens_per_image

@@ -240,9 +240,13 @@ def random_state_dict(module: nn.Module, seed: int = 0, mixed_dtypes: bool = Fal
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in module.state_dict().items():
-        tensor = torch.randn(value.shape, generator=generator) * 0.02
-        if key.endswith("weight") and tensor.ndim == 1:  # LayerNorm scales
-            tensor = 1 + tensor
+        tensor = torch.randn(value.shape, generator=generator)
+        if tensor.ndim >= 2:  # fan-in scaled, so that activations keep their size
+            tensor = tensor / value[0].numel() ** 0.5
+        elif key.endswith("weight"):  # LayerNorm scales
+            tensor = 1 + 0.1 * tensor
+        else:
+            tensor = 0.1 * tensor
         if mixed_dtypes and tensor.ndim >= 2:
             tensor = tensor.to(torch.bfloat16)
         state[key] = tensor
@@ -277,10 +281,6 @@ def write_tiny_checkpoint(
         "id_encoder": random_state_dict(encoder, seed=seed + 1),
         "lora_weights": tiny_lora_state_dict(unet, seed=seed + 2),
     }
-    # Make the ID visibly matter in the tiny model: larger fuse weights than 0.02 noise.
-    for key, value in state["id_encoder"].items():
-        if key.startswith("fuse_module.") and key.endswith(("fc1.weight", "fc2.weight")):
-            state["id_encoder"][key] = value * 25
     return write_checkpoint(state, path)
 
 

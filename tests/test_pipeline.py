@@ -1,0 +1,145 @@
+"""The tiny PhotoMaker pipeline end to end, and its agreement with the reference implementation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+from photomaker.tiny import TINY_IMAGE_SIZE, build_tiny_pipeline
+from tests import reference
+
+STEPS = 4
+
+
+def photo(seed: int, size=(96, 80)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def pipe(request, tmp_path_factory):
+    return build_tiny_pipeline(request.param, seed=0, cache_dir=tmp_path_factory.mktemp("tiny"))
+
+
+def face_embeds(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 512, generator=torch.Generator().manual_seed(seed)) * 10
+
+
+def generate(pipe, photos, seed=7, **overrides):
+    kwargs = dict(
+        prompt="a photo of a woman img wearing a red hat, detailed",
+        negative_prompt="blurry",
+        input_id_images=photos,
+        num_inference_steps=STEPS,
+        height=TINY_IMAGE_SIZE,
+        width=TINY_IMAGE_SIZE,
+        start_merge_step=1,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
+    if pipe.pm_version == "v2" and "id_image_embeds" not in overrides:
+        kwargs["id_embeds"] = face_embeds(len(photos))
+    kwargs.update(overrides)
+    return pipe(**kwargs).images
+
+
+def test_generates_quickly_and_is_deterministic(pipe):
+    photos = [photo(1), photo(2)]
+    start = time.perf_counter()
+    first = generate(pipe, photos)
+    elapsed = time.perf_counter() - start
+    assert first.shape == (1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    assert np.isfinite(first).all()
+    assert elapsed < 10, f"4 tiny steps took {elapsed:.1f}s"
+    np.testing.assert_array_equal(first, generate(pipe, photos))
+
+
+def test_merge_step_and_id_photo_change_the_output(pipe):
+    photos = [photo(1), photo(2)]
+    base = generate(pipe, photos)
+    assert np.abs(base - generate(pipe, photos, start_merge_step=2)).max() > 1e-6
+    assert np.abs(base - generate(pipe, [photo(1), photo(3)])).max() > 1e-6
+    # start_merge_step beyond the last step: the ID never enters, so the photos do not matter.
+    late = generate(pipe, photos, start_merge_step=STEPS)
+    np.testing.assert_array_equal(late, generate(pipe, [photo(5), photo(6)], start_merge_step=STEPS))
+
+
+def test_two_images_per_prompt_differ(pipe):
+    images = generate(pipe, [photo(1)], num_images_per_prompt=2)
+    assert images.shape[0] == 2
+    assert np.abs(images[0] - images[1]).max() > 1e-6
+
+
+def test_precomputed_id_embeddings_give_the_same_images(pipe):
+    photos = [photo(1), photo(2)]
+    embeds = pipe.encode_id_images(photos, face_embeds(2) if pipe.pm_version == "v2" else None)
+    assert embeds.shape == (2, pipe.num_tokens_per_image, 64)
+    np.testing.assert_array_equal(
+        generate(pipe, photos), generate(pipe, None, id_image_embeds=embeds)
+    )
+
+
+def test_callbacks_and_latent_output(pipe):
+    seen = []
+
+    def on_step_end(p, i, t, tensors):
+        seen.append((i, tuple(tensors["latents"].shape)))
+        return tensors
+
+    latents = generate(pipe, [photo(1)], output_type="latent", callback_on_step_end=on_step_end)
+    assert latents.shape == (1, 4, TINY_IMAGE_SIZE // 2, TINY_IMAGE_SIZE // 2)
+    assert [i for i, _ in seen] == list(range(STEPS))
+
+
+def test_v2_requires_face_embeddings(tmp_path):
+    pipe = build_tiny_pipeline("v2", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="id_embeds"):
+        pipe(prompt="a man img", input_id_images=[photo(1)], num_inference_steps=1)
+
+
+@pytest.mark.parametrize("num_photos", [1, 3])
+def test_matches_the_reference_implementation(pipe, num_photos):
+    """Same components, same checkpoint: the reference pipeline's images, to 1e-4 (fp32, CPU)."""
+    oracle = reference.load_oracle()
+    if oracle is None:
+        pytest.skip("the reference implementation is not unpacked in .oracle/ (scripts/test.sh does it)")
+    photos = [photo(10 + i) for i in range(num_photos)]
+    ids = face_embeds(num_photos) if pipe.pm_version == "v2" else None
+    ref = reference.oracle_pipeline(oracle, pipe.components, pipe, pipe.pm_version, ids)
+    common = dict(
+        prompt="a photo of a man img in a spacesuit, detailed",
+        negative_prompt="blurry, lowres",
+        input_id_images=photos,
+        num_inference_steps=STEPS,
+        start_merge_step=1,
+        guidance_scale=5.0,
+        height=TINY_IMAGE_SIZE,
+        width=TINY_IMAGE_SIZE,
+        num_images_per_prompt=2,
+        output_type="np",
+    )
+    expected = ref(generator=torch.Generator().manual_seed(3), **common).images
+    ours = pipe(generator=torch.Generator().manual_seed(3), id_embeds=ids, **common).images
+    reference.assert_close(ours, expected)
+    # and the ID genuinely entered both: not equal to a run that never merges it
+    never = pipe(generator=torch.Generator().manual_seed(3), id_embeds=ids,
+                 **{**common, "start_merge_step": STEPS}).images
+    assert np.abs(never - expected).max() > 1e-6
+
+
+def test_from_pretrained_folder_round_trip(tmp_path):
+    pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
+    folder = tmp_path / "sdxl"
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(folder)
+    loaded = PhotoMakerStableDiffusionXLPipeline.from_pretrained(folder)
+    assert isinstance(loaded, PhotoMakerStableDiffusionXLPipeline)
+    assert loaded.id_encoder is None
+    with pytest.raises(RuntimeError, match="load_photomaker_adapter"):
+        loaded(prompt="a man img", input_id_images=[photo(1)], num_inference_steps=1)
