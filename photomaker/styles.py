@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,9 @@ class StyleBook:
 
     def __contains__(self, name: object) -> bool:
         return name in self._styles
+
+    def __iter__(self) -> Iterator[Style]:
+        return iter(self._styles.values())
 
     def __len__(self) -> int:
         return len(self._styles)

@@ -1,0 +1,143 @@
+"""Command line: ``python -m photomaker generate --photos a.jpg b.jpg --prompt "..." --out DIR``.
+
+The same :class:`~photomaker.service.PhotoMakerService` as the app; every setting of the
+app (``--tiny``, ``--base-model``, ``--pm-version``, ...) is a flag here too. A mistake the
+user can fix prints its message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import PhotoMakerInputError
+from .service import (
+    ASPECT_RATIOS,
+    DEFAULT_ASPECT_RATIO,
+    DEFAULT_NEGATIVE_PROMPT,
+    GenerationRequest,
+    check_request,
+)
+from .settings import Settings, add_arguments
+from .styles import DEFAULT_STYLE
+
+EXIT_USER_ERROR = 2
+
+
+def _say(text: str, err: bool = False) -> None:
+    """The CLI's output: results on stdout, notes and errors on stderr."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m photomaker",
+        description="PhotoMaker: pictures of a person from a few of their photos.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser(
+        "generate",
+        help="generate images and write them as PNG files",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument(
+        "--photos", nargs="+", required=True, metavar="PHOTO", help="photos of the person"
+    )
+    gen.add_argument("--prompt", required=True, help="e.g. 'a photo of a woman img in a garden'")
+    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    gen.add_argument("--style", default=DEFAULT_STYLE, help="a style name (see `styles`)")
+    gen.add_argument(
+        "--aspect-ratio", default=DEFAULT_ASPECT_RATIO, help="one of: " + "; ".join(ASPECT_RATIOS)
+    )
+    gen.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default 50; 4 with --tiny)"
+    )
+    gen.add_argument("--style-strength", type=float, default=20.0, help="percent, 0-100")
+    gen.add_argument("--num-outputs", type=int, default=1, help="1-4 images")
+    gen.add_argument("--guidance-scale", type=float, default=5.0)
+    gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one)")
+    gen.add_argument("--out", default="outputs", type=Path, help="folder for the PNG files")
+    gen.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    add_arguments(gen)
+
+    styles = commands.add_parser("styles", help="list the style templates")
+    styles.add_argument("--show", action="store_true", help="print each template too")
+
+    commands.add_parser("aspect-ratios", help="list the aspect-ratio presets")
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .images import load_id_images
+    from .loading import build_service
+
+    settings = Settings.from_namespace(args)
+    steps = args.steps if args.steps is not None else (4 if settings.tiny else 50)
+    request = GenerationRequest(
+        photos=args.photos,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        style=args.style,
+        aspect_ratio=args.aspect_ratio,
+        steps=steps,
+        style_strength=args.style_strength,
+        num_outputs=args.num_outputs,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed if args.seed is not None else 0,
+        randomize_seed=args.seed is None,
+    )
+    # The checks that need no model run before the (long) model loading.
+    check_request(request, tiny=settings.tiny, trigger_word=settings.trigger_word)
+    load_id_images(request.photos, max_photos=settings.max_photos)
+    service = build_service(settings)
+    result = service.generate(request)
+    for message in result.messages:
+        _say(f"note: {message}", err=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _say(f"seed: {result.seed}")
+    for i, image in enumerate(result.images):
+        path = args.out / f"photomaker-{result.seed}-{i + 1}.png"
+        image.save(path)
+        _say(str(path))
+    if settings.tiny:
+        _say("note: --tiny uses random weights; these images are noise.", err=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "styles":
+            from .styles import default_styles
+
+            for style in default_styles():
+                _say(style.name)
+                if args.show:
+                    _say(f"    prompt:   {style.prompt}\n    negative: {style.negative_prompt}")
+            return 0
+        if args.command == "aspect-ratios":
+            for name in ASPECT_RATIOS:
+                _say(name)
+            return 0
+    except PhotoMakerInputError as err:
+        _say(f"error: {err}", err=True)
+        return EXIT_USER_ERROR
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

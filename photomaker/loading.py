@@ -1,0 +1,165 @@
+"""Build the pipeline, the face analyzer and the service from :class:`Settings`.
+
+Real mode: the SDXL base (hub id, diffusers folder or one ``.safetensors`` file), the
+PhotoMaker adapter (the official hub checkpoints by default), an optional style LoRA,
+the Euler scheduler the official demos use, and the device / dtype / low-VRAM choice.
+Tiny mode: random-weight components built offline (:mod:`photomaker.tiny`).
+
+Weights come from the Hugging Face cache (``HF_HOME``); with ``HF_HUB_OFFLINE=1`` nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import PhotoMakerInputError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def load_base_pipeline(settings: Settings) -> Any:
+    """The SDXL base as a :class:`PhotoMakerStableDiffusionXLPipeline`, not yet on a device."""
+    from .pipeline import PhotoMakerStableDiffusionXLPipeline
+
+    dtype = settings.resolved_dtype()
+    location = os.path.expanduser(settings.base_model)
+    logger.info("loading the SDXL base %s (%s)", settings.base_model, dtype)
+    if location.lower().endswith(SINGLE_FILE_SUFFIXES):
+        if not os.path.isfile(location):
+            raise PhotoMakerInputError(
+                f"Base model file {settings.base_model} does not exist. Give a hub id "
+                "(e.g. SG161222/RealVisXL_V4.0), a diffusers folder or an SDXL .safetensors file."
+            )
+        return PhotoMakerStableDiffusionXLPipeline.from_single_file(location, torch_dtype=dtype)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    if os.path.isdir(location):
+        if not os.path.isfile(os.path.join(location, "model_index.json")):
+            raise PhotoMakerInputError(
+                f"Base model folder {settings.base_model} has no model_index.json: "
+                "it must be a diffusers SDXL folder (save_pretrained), or give a .safetensors file."
+            )
+        return PhotoMakerStableDiffusionXLPipeline.from_pretrained(location, **kwargs)
+    return PhotoMakerStableDiffusionXLPipeline.from_pretrained(settings.base_model, **kwargs)
+
+
+def load_adapter(pipe: Any, settings: Settings) -> Any:
+    """Load the PhotoMaker checkpoint named by the settings into ``pipe``."""
+    location, weight_name = settings.checkpoint_location
+    if weight_name is None:  # a single file
+        location, weight_name = os.path.dirname(location) or ".", os.path.basename(location)
+    logger.info("loading PhotoMaker %s from %s (%s)", settings.pm_version, location, weight_name)
+    pipe.load_photomaker_adapter(
+        location,
+        weight_name=weight_name,
+        subfolder="",
+        trigger_word=settings.trigger_word,
+        pm_version=settings.pm_version,
+    )
+    return pipe
+
+
+def load_style_lora(pipe: Any, settings: Settings) -> Any:
+    """Add the style LoRA as adapter ``style`` next to ``photomaker``."""
+    if not settings.style_lora:
+        return pipe
+    location = os.path.expanduser(settings.style_lora)
+    kwargs: dict[str, Any] = {}
+    if os.path.isfile(location):
+        kwargs["weight_name"] = os.path.basename(location)
+        location = os.path.dirname(location) or "."
+    logger.info(
+        "loading the style LoRA %s (weight %s)", settings.style_lora, settings.style_lora_weight
+    )
+    pipe.load_lora_weights(location, adapter_name="style", **kwargs)
+    pipe.set_adapters(["photomaker", "style"], adapter_weights=[1.0, settings.style_lora_weight])
+    return pipe
+
+
+def place(pipe: Any, settings: Settings) -> Any:
+    """Move to the device, or offload model by model in low-VRAM mode."""
+    device = settings.resolved_device()
+    if settings.low_vram and device != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def build_pipeline(settings: Settings) -> Any:
+    """The ready pipeline for these settings."""
+    if settings.tiny:
+        from .tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(pm_version=settings.pm_version, seed=0)
+        load_style_lora(pipe, settings)
+        if settings.device != "auto":
+            pipe.to(settings.resolved_device())
+        return pipe
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = load_base_pipeline(settings)
+    load_adapter(pipe, settings)
+    load_style_lora(pipe, settings)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    return place(pipe, settings)
+
+
+def tiny_face_pack_folder() -> Path:
+    """A folder of this process's own for the tiny face pack.
+
+    InsightFace reads the detector file again whenever it runs at a new detection size, so
+    the folder must live as long as the process and nobody else may rewrite it."""
+    parent = os.environ.get("PHOTOMAKER_TINY_CACHE") or None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="photomaker-tiny-faces-", dir=parent)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
+def build_analyzer(settings: Settings) -> Any:
+    """The face analyzer, or ``None`` when nothing needs faces (V1 without cropping)."""
+    if settings.pm_version != "v2" and not settings.crop_faces:
+        return None
+    from .faces import FaceAnalyzer
+
+    if settings.tiny:
+        from .tiny_faces import build_face_pack
+
+        pack = build_face_pack(tiny_face_pack_folder())
+        return FaceAnalyzer(pack=str(pack), force_cpu=True)
+    return FaceAnalyzer(
+        pack=settings.face_pack,
+        root=settings.face_root,
+        force_cpu=settings.resolved_faces_on_cpu(),
+    )
+
+
+def build_service(settings: Settings) -> Any:
+    """Pipeline + analyzer + styles, ready to generate."""
+    from .service import PhotoMakerService
+    from .styles import StyleBook
+
+    logger.info("building: %s", settings.describe())
+    styles = StyleBook.load(trigger_word=settings.trigger_word)
+    analyzer = build_analyzer(settings)
+    pipe = build_pipeline(settings)
+    return PhotoMakerService(
+        pipe,
+        analyzer,
+        styles,
+        crop_faces=settings.crop_faces,
+        skip_faceless_photos=settings.skip_faceless_photos,
+        max_photos=settings.max_photos,
+        tiny=settings.tiny,
+    )

@@ -1,0 +1,509 @@
+"""One generation, from what a person typed and uploaded to images.
+
+:class:`PhotoMakerService` is the one entry point the UI, the CLI and the tests call:
+``service.generate(GenerationRequest(...)) -> GenerationResult``. Everything a request can
+get wrong is checked here, in this order, before any GPU work, and raised as
+:class:`~photomaker.errors.PhotoMakerInputError` with a message the user can act on:
+
+1. numbers in range, a known style and aspect ratio;
+2. the photos load (images, not too many);
+3. the trigger word and the token budget of the *styled* prompt;
+4. faces (V2, or when cropping): every photo needs one, unless the service was told to skip
+   photos without a face, in which case it drops them and says which.
+
+Generation itself is split in two so the app can put only the second half on the GPU
+(``spaces.GPU`` on ZeroGPU): :meth:`PhotoMakerService.prepare` does all of the above on the
+CPU and returns a picklable :class:`GenerationJob`; :meth:`PhotoMakerService.run_job`
+encodes the ID photos (or reuses the cached encoding) and denoises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import PhotoMakerInputError
+from .styles import DEFAULT_STYLE, StyleBook, default_styles
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+MAX_MERGE_STEP = 30
+CROP_MARGIN = 0.5
+
+#: Aspect-ratio presets: name -> (width, height), SDXL's trained resolutions.
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {
+    "1:1 square (1024×1024)": (1024, 1024),
+    "3:4 portrait (896×1152)": (896, 1152),
+    "2:3 portrait (832×1216)": (832, 1216),
+    "9:16 tall (768×1344)": (768, 1344),
+    "4:3 landscape (1152×896)": (1152, 896),
+    "3:2 landscape (1216×832)": (1216, 832),
+    "16:9 wide (1344×768)": (1344, 768),
+}
+DEFAULT_ASPECT_RATIO = "3:4 portrait (896×1152)"
+
+DEFAULT_NEGATIVE_PROMPT = (
+    "lowres, blurry, out of focus, bad anatomy, deformed hands, extra fingers, "
+    "distorted face, watermark, text, signature, jpeg artifacts, worst quality"
+)
+
+#: (name, lowest, highest) of the numbers a request carries.
+LIMITS = {
+    "steps": (1, 100),
+    "style_strength": (0, 100),
+    "num_outputs": (1, 4),
+    "guidance_scale": (0.0, 20.0),
+    "seed": (0, MAX_SEED),
+}
+
+
+def tiny_size(width: int, height: int, long_side: int = 64) -> tuple[int, int]:
+    """A preset scaled down for the tiny models: long side 64, both multiples of 16."""
+    scale = long_side / max(width, height)
+
+    def snap(v: float) -> int:
+        return max(32, int(round(v * scale / 16)) * 16)
+
+    return snap(width), snap(height)
+
+
+def merge_step(style_strength: float, steps: int) -> int:
+    """The demo's mapping from the style strength (%) to ``start_merge_step``."""
+    return min(int(style_strength / 100 * steps), MAX_MERGE_STEP)
+
+
+@dataclass
+class GenerationRequest:
+    """What a person asks for. Field names are the API's parameter names."""
+
+    photos: Sequence[Any]
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    style: str = DEFAULT_STYLE
+    aspect_ratio: str = DEFAULT_ASPECT_RATIO
+    steps: int = 50
+    style_strength: float = 20.0
+    num_outputs: int = 2
+    guidance_scale: float = 5.0
+    seed: int = 0
+    randomize_seed: bool = True
+
+
+@dataclass
+class PhotoAnalysis:
+    """The uploaded photos and, when faces are analysed, one report per photo."""
+
+    images: list[Image.Image]
+    reports: list[Any] | None
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def captions(self) -> list[str]:
+        if self.reports is None:
+            return [f"photo {i + 1}" for i in range(len(self.images))]
+        out = []
+        for i, report in enumerate(self.reports):
+            if report.found and report.embedding is not None:
+                extra = (
+                    f", {report.num_faces} faces, using the largest" if report.num_faces > 1 else ""
+                )
+                out.append(f"photo {i + 1}: face found ✓{extra}")
+            else:
+                out.append(f"photo {i + 1}: no face found ✗")
+        return out
+
+    @property
+    def num_with_face(self) -> int:
+        if self.reports is None:
+            return len(self.images)
+        return sum(1 for r in self.reports if r.found and r.embedding is not None)
+
+
+@dataclass
+class GenerationJob:
+    """Everything the GPU part needs; plain data, so it can cross to a ZeroGPU worker."""
+
+    prompt: str
+    negative_prompt: str
+    id_images: list[Image.Image]
+    id_embeds: np.ndarray | None
+    id_image_embeds: torch.Tensor | None
+    cache_key: str
+    start_merge_step: int
+    steps: int
+    guidance_scale: float
+    num_outputs: int
+    width: int
+    height: int
+    seed: int
+
+
+@dataclass
+class JobOutput:
+    images: list[Image.Image]
+    id_image_embeds: torch.Tensor | None
+    timings: dict[str, float]
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seed: int
+    prompt: str
+    negative_prompt: str
+    style: str
+    width: int
+    height: int
+    start_merge_step: int
+    face_reports: list[Any] | None
+    messages: list[str]
+    timings: dict[str, float]
+
+    @property
+    def captions(self) -> list[str]:
+        n = len(self.images)
+        return [
+            f"seed {self.seed} · {self.style}" + (f" · {i + 1}/{n}" if n > 1 else "")
+            for i in range(n)
+        ]
+
+
+def image_digest(image: Image.Image) -> str:
+    h = hashlib.sha1(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _no_face_message(missing: list[Any], total: int, pm_version: str) -> str:
+    why = (
+        "PhotoMaker V2 needs the face of each photo"
+        if pm_version == "v2"
+        else "Cropping around faces needs a face in each photo"
+    )
+    if len(missing) == total:
+        which = "any of the photos" if total > 1 else "the photo"
+        return (
+            f"No face found in {which}. {why}: use photos where the face is large, frontal "
+            "and well lit."
+        )
+    numbers = ", ".join(str(r.index + 1) for r in missing)
+    plural = "s" if len(missing) > 1 else ""
+    return (
+        f"No face found in photo{plural} {numbers} (of {total}). {why}: remove "
+        f"{'them' if plural else 'it'} or use a photo where the face is large and frontal."
+    )
+
+
+def _number(name: str, value: Any, integer: bool) -> float | int:
+    low, high = LIMITS[name]
+    label = name.replace("_", " ")
+    if isinstance(value, bool) or value is None:
+        raise PhotoMakerInputError(f"{label} must be a number between {low} and {high}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PhotoMakerInputError(
+            f"{label} must be a number between {low} and {high} (got {value!r})."
+        ) from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise PhotoMakerInputError(f"{label} must be between {low} and {high} (got {value!r}).")
+    if integer:
+        if number != int(number):
+            raise PhotoMakerInputError(f"{label} must be a whole number (got {value!r}).")
+        return int(number)
+    return number
+
+
+def check_request(
+    request: GenerationRequest,
+    styles: StyleBook | None = None,
+    *,
+    tiny: bool = False,
+    trigger_word: str = "img",
+) -> dict[str, Any]:
+    """The checks that need no model: numbers in range, a known style and aspect ratio, a
+    prompt. Returns the normalized values, the seed to use, the size and the styled prompts."""
+    styles = styles or default_styles()
+    values = {
+        "steps": _number("steps", request.steps, integer=True),
+        "style_strength": _number("style_strength", request.style_strength, integer=False),
+        "num_outputs": _number("num_outputs", request.num_outputs, integer=True),
+        "guidance_scale": _number("guidance_scale", request.guidance_scale, integer=False),
+    }
+    if request.randomize_seed:
+        values["seed"] = secrets.randbelow(MAX_SEED + 1)
+    else:
+        values["seed"] = _number("seed", request.seed, integer=True)
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise PhotoMakerInputError(
+            "The prompt is empty: describe the picture and put the trigger word right after "
+            f"the class word, e.g. 'a photo of a woman {trigger_word} in a garden'."
+        )
+    style = request.style or None
+    if style is not None and style not in styles:
+        styles[style]  # raises the message listing the styles
+    values["style"] = style or "(No style)"
+    values["width"], values["height"] = size_for(request.aspect_ratio, tiny=tiny)
+    prompt, negative = styles.apply(style, request.prompt, request.negative_prompt or "")
+    values["prompt"], values["negative_prompt"] = prompt, negative
+    return values
+
+
+def size_for(aspect_ratio: str, tiny: bool = False) -> tuple[int, int]:
+    """(width, height) of a preset; scaled down for the tiny models."""
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise PhotoMakerInputError(
+            f"Unknown aspect ratio {aspect_ratio!r}. Choose one of: {', '.join(ASPECT_RATIOS)}."
+        )
+    width, height = ASPECT_RATIOS[aspect_ratio]
+    return tiny_size(width, height) if tiny else (width, height)
+
+
+class PhotoMakerService:
+    """The pipeline, the face analyzer, the styles and a cache of ID encodings."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        analyzer: Any = None,
+        styles: StyleBook | None = None,
+        *,
+        crop_faces: bool = False,
+        skip_faceless_photos: bool = False,
+        max_photos: int = 10,
+        tiny: bool = False,
+        id_cache_size: int = 8,
+    ) -> None:
+        self.pipe = pipe
+        self.analyzer = analyzer
+        self.styles = styles or default_styles()
+        self.crop_faces = crop_faces
+        self.skip_faceless_photos = skip_faceless_photos
+        self.max_photos = max_photos
+        self.tiny = tiny
+        self.id_cache_size = id_cache_size
+        self._id_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_hits = 0
+        if self.needs_faces and analyzer is None:
+            raise ValueError(
+                "PhotoMaker V2 and face cropping need a face analyzer; pass analyzer=FaceAnalyzer(...)"
+            )
+
+    # -- facts the UI shows ------------------------------------------------------------
+
+    @property
+    def pm_version(self) -> str:
+        return getattr(self.pipe, "pm_version", "v2")
+
+    @property
+    def trigger_word(self) -> str:
+        return getattr(self.pipe, "trigger_word", "img")
+
+    @property
+    def needs_faces(self) -> bool:
+        return self.pm_version == "v2" or self.crop_faces
+
+    @property
+    def style_names(self) -> list[str]:
+        return self.styles.names
+
+    @property
+    def aspect_ratios(self) -> list[str]:
+        return list(ASPECT_RATIOS)
+
+    def size_for(self, aspect_ratio: str) -> tuple[int, int]:
+        """(width, height) of a preset; scaled down in tiny mode."""
+        return size_for(aspect_ratio, tiny=self.tiny)
+
+    # -- photos -------------------------------------------------------------------------
+
+    def load_photos(self, photos: Sequence[Any] | None) -> list[Image.Image]:
+        from .images import load_id_images
+
+        if not photos:
+            raise PhotoMakerInputError(
+                "No photos: upload one or more photos of the person (up to "
+                f"{self.max_photos}; more photos from different angles give a better likeness)."
+            )
+        return load_id_images(list(photos), max_photos=self.max_photos)
+
+    def analyze_photos(self, photos: Sequence[Any] | None) -> PhotoAnalysis:
+        """Load the photos and, where faces matter (V2, cropping), report on each one.
+
+        This is what the app shows as soon as photos are uploaded, before any GPU work."""
+        images = self.load_photos(photos)
+        if self.analyzer is None:
+            return PhotoAnalysis(images, None, [])
+        reports = self.analyzer.analyze(images)
+        messages = [r.message for r in reports if r.message]
+        return PhotoAnalysis(images, list(reports), messages)
+
+    # -- validation and preparation -----------------------------------------------------
+
+    def check_request(self, request: GenerationRequest) -> dict[str, Any]:
+        """Numbers, style and aspect ratio: cheap checks, no photos loaded yet."""
+        return check_request(request, self.styles, tiny=self.tiny, trigger_word=self.trigger_word)
+
+    def check_prompt(self, prompt: str, num_photos: int) -> list[str]:
+        """The pipeline's tokenizer-only check; returns warnings (e.g. a cut-off prompt end)."""
+        check = self.pipe.check_prompt(prompt, num_photos)
+        warning = getattr(check, "warning", None)
+        return [warning] if warning else []
+
+    def prepare(self, request: GenerationRequest) -> tuple[GenerationJob, dict[str, Any]]:
+        """Validate everything and build the job; raises PhotoMakerInputError."""
+        t0 = time.perf_counter()
+        values = self.check_request(request)
+        images = self.load_photos(request.photos)
+        # The trigger word is checked before faces so a prompt mistake is reported first.
+        messages = self.check_prompt(values["prompt"], len(images))
+        t_load = time.perf_counter()
+
+        reports = None
+        id_embeds = None
+        if self.needs_faces:
+            reports = list(self.analyzer.analyze(images))
+            missing = [r for r in reports if not (r.found and r.embedding is not None)]
+            if missing and (len(missing) == len(reports) or not self.skip_faceless_photos):
+                raise PhotoMakerInputError(_no_face_message(missing, len(reports), self.pm_version))
+            from .faces import keep_photos_with_faces
+
+            kept = keep_photos_with_faces(
+                images, reports, crop_to_face=self.crop_faces, margin=CROP_MARGIN
+            )
+            messages += list(kept.messages)
+            images = list(kept.images)
+            if self.pm_version == "v2":
+                id_embeds = np.asarray(kept.embeddings, dtype=np.float32)
+            if missing:
+                messages += self.check_prompt(values["prompt"], len(images))
+        t_faces = time.perf_counter()
+
+        cache_key = self._cache_key(images)
+        job = GenerationJob(
+            prompt=values["prompt"],
+            negative_prompt=values["negative_prompt"],
+            id_images=images,
+            id_embeds=id_embeds,
+            id_image_embeds=self._id_cache.get(cache_key),
+            cache_key=cache_key,
+            start_merge_step=merge_step(values["style_strength"], values["steps"]),
+            steps=values["steps"],
+            guidance_scale=values["guidance_scale"],
+            num_outputs=values["num_outputs"],
+            width=values["width"],
+            height=values["height"],
+            seed=values["seed"],
+        )
+        context = {
+            "style": values["style"],
+            "reports": reports,
+            "messages": list(dict.fromkeys(messages)),
+            "timings": {"load": t_load - t0, "faces": t_faces - t_load},
+        }
+        return job, context
+
+    def _cache_key(self, images: list[Image.Image]) -> str:
+        h = hashlib.sha1(f"{self.pm_version}|crop={self.crop_faces}|".encode())
+        for image in images:
+            h.update(image_digest(image).encode())
+        return h.hexdigest()
+
+    # -- the GPU part -------------------------------------------------------------------
+
+    def generator_device(self) -> str:
+        device = getattr(self.pipe, "_execution_device", None) or getattr(
+            self.pipe, "device", "cpu"
+        )
+        device = torch.device(device)
+        return "cpu" if device.type == "mps" else str(device)
+
+    def run_job(self, job: GenerationJob) -> JobOutput:
+        """Encode the ID photos (unless cached) and denoise. Same job -> same images."""
+        pipe = self.pipe
+        t0 = time.perf_counter()
+        id_embeds = torch.from_numpy(job.id_embeds) if job.id_embeds is not None else None
+        id_image_embeds = job.id_image_embeds
+        if id_image_embeds is None:
+            id_image_embeds = pipe.encode_id_images(job.id_images, id_embeds=id_embeds)
+        t1 = time.perf_counter()
+        generator = torch.Generator(device=self.generator_device()).manual_seed(job.seed)
+        output = pipe(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt or None,
+            input_id_images=job.id_images,
+            id_embeds=id_embeds,
+            id_image_embeds=id_image_embeds,
+            start_merge_step=job.start_merge_step,
+            num_inference_steps=job.steps,
+            guidance_scale=job.guidance_scale,
+            num_images_per_prompt=job.num_outputs,
+            height=job.height,
+            width=job.width,
+            generator=generator,
+            output_type="pil",
+        )
+        t2 = time.perf_counter()
+        embeds = id_image_embeds.detach().to("cpu") if torch.is_tensor(id_image_embeds) else None
+        return JobOutput(list(output.images), embeds, {"encode": t1 - t0, "denoise": t2 - t1})
+
+    def estimate_seconds(self, job: GenerationJob) -> int:
+        """A generous GPU time estimate for ZeroGPU's ``duration``: steps x outputs x pixels."""
+        megapixels = job.width * job.height / (1024 * 1024)
+        seconds = 10 + 0.2 * job.steps * job.num_outputs * megapixels
+        return int(min(max(seconds, 20), 240))
+
+    # -- the whole thing ----------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        run_job: Callable[[GenerationJob], JobOutput] | None = None,
+    ) -> GenerationResult:
+        """Validate, prepare, run (``run_job``, default :meth:`run_job`), cache the encoding."""
+        t0 = time.perf_counter()
+        job, context = self.prepare(request)
+        output = (run_job or self.run_job)(job)
+        if job.id_image_embeds is not None:
+            self.cache_hits += 1
+        elif output.id_image_embeds is not None:
+            self._id_cache[job.cache_key] = output.id_image_embeds
+            while len(self._id_cache) > self.id_cache_size:
+                self._id_cache.popitem(last=False)
+        if job.cache_key in self._id_cache:
+            self._id_cache.move_to_end(job.cache_key)
+        timings = {**context["timings"], **output.timings, "total": time.perf_counter() - t0}
+        logger.info(
+            "generated %d image(s) %dx%d, %d steps, seed %d, in %.1fs",
+            len(output.images),
+            job.width,
+            job.height,
+            job.steps,
+            job.seed,
+            timings["total"],
+        )
+        return GenerationResult(
+            images=output.images,
+            seed=job.seed,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            style=context["style"],
+            width=job.width,
+            height=job.height,
+            start_merge_step=job.start_merge_step,
+            face_reports=context["reports"],
+            messages=context["messages"],
+            timings=timings,
+        )
