@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -79,3 +80,28 @@ def test_other_trigger_word():
         [{"name": "A", "prompt": "{prompt}, img quality"}], trigger_word="sks"
     )
     assert book.apply("A", "a man sks") == ("a man sks, img quality", "")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from photomaker.tiny import clip_tokenizer
+
+    tok = clip_tokenizer()
+    tok.add_tokens(["img"], special_tokens=True)
+    return tok
+
+
+@pytest.mark.parametrize("name", default_styles().names)
+def test_every_style_keeps_the_trigger_word_and_fits_the_token_budget(tokenizer, name):
+    from photomaker.prompting import check_prompt
+
+    prompt, _ = apply_style(name, "a photo of a woman img wearing a red scarf in a park", "blurry")
+    assert len(re.findall(r"\bimg\b", prompt)) == 1
+    # The check runs on the styled prompt: 4 photos x 2 tokens (V2) still fit in 77 tokens.
+    check = check_prompt(tokenizer, prompt, num_id_images=4, tokens_per_image=2, trigger_word="img")
+    assert check.class_word == "woman" and check.num_truncated == 0
+    # ... and it catches a styled prompt whose class-token block no longer fits.
+    long_prompt = ", ".join(["a very long and detailed description"] * 12) + ", a woman img"
+    styled, _ = apply_style(name, long_prompt)
+    with pytest.raises(PhotoMakerInputError, match="token"):
+        check_prompt(tokenizer, styled, num_id_images=4, tokens_per_image=2, trigger_word="img")
