@@ -136,7 +136,7 @@ def _network_available(timeout: float = 2.0) -> bool:
         try:
             with socket.create_connection(_DOWNLOAD_HOST, timeout=timeout):
                 result.append(True)
-        except OSError:
+        except Exception:  # any failure (DNS, refused, timeout) means: no download
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)

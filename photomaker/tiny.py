@@ -306,3 +306,6 @@ def build_tiny_pipeline(
     )
     logger.info("Tiny PhotoMaker %s pipeline ready (random weights: outputs are noise)", pm_version)
     return pipe
+
+
+from photomaker.tiny_faces import build_face_pack  # noqa: E402,F401
