@@ -45,17 +45,32 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-class NamedSlider(gr.Slider):
-    """A slider whose range error names the setting (the API can send any number)."""
+class _NamesItself:
+    """Gradio checks ranges and choices itself; its message then names the setting, since
+    the API can send any value."""
 
     def get_block_name(self) -> str:
-        return "slider"
+        return type(self).__mro__[2].__name__.lower()  # the Gradio component's own front end
 
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
         except gr.Error as err:
-            raise gr.Error(f"{self.label}: {err.message}") from None
+            raise gr.Error(
+                f"{self.label}: {err.message}", title="Please check your input"
+            ) from None
+
+
+class Slider(_NamesItself, gr.Slider):
+    pass
+
+
+class Number(_NamesItself, gr.Number):
+    pass
+
+
+class Dropdown(_NamesItself, gr.Dropdown):
+    pass
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -261,10 +276,10 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                     lines=2,
                     elem_id="prompt",
                 )
-                style = gr.Dropdown(
+                style = Dropdown(
                     label="Style", choices=service.style_names, value=DEFAULT_STYLE, elem_id="style"
                 )
-                aspect_ratio = gr.Dropdown(
+                aspect_ratio = Dropdown(
                     label="Aspect ratio"
                     + (" (tiny mode renders at 64 px)" if settings.tiny else ""),
                     choices=list(ASPECT_RATIOS),
@@ -276,7 +291,7 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                     negative_prompt = gr.Textbox(
                         label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2
                     )
-                    steps = NamedSlider(
+                    steps = Slider(
                         label="Steps",
                         minimum=LIMITS["steps"][0],
                         maximum=LIMITS["steps"][1],
@@ -284,7 +299,7 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                         value=steps_default,
                         precision=0,
                     )
-                    style_strength = NamedSlider(
+                    style_strength = Slider(
                         label="Style strength (%)",
                         minimum=LIMITS["style_strength"][0],
                         maximum=LIMITS["style_strength"][1],
@@ -292,10 +307,10 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                         value=20,
                         info="Share of the steps before the identity is merged in.",
                     )
-                    num_outputs = NamedSlider(
+                    num_outputs = Slider(
                         label="Number of images", minimum=1, maximum=4, step=1, value=2, precision=0
                     )
-                    guidance_scale = NamedSlider(
+                    guidance_scale = Slider(
                         label="Guidance scale",
                         minimum=LIMITS["guidance_scale"][0],
                         maximum=LIMITS["guidance_scale"][1],
@@ -303,7 +318,7 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                         value=5.0,
                     )
                     with gr.Row():
-                        seed = gr.Number(
+                        seed = Number(
                             label="Seed",
                             value=0,
                             precision=0,
