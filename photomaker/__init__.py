@@ -21,7 +21,15 @@ _LAZY = {
     "build_id_encoder": "photomaker.encoders",
 }
 
-__all__ = ["PhotoMakerInputError", "__version__", *_LAZY]
+__all__ = [  # noqa: F822 - the lazy names resolve through __getattr__
+    "PhotoMakerInputError",
+    "__version__",
+    "PhotoMakerStableDiffusionXLPipeline",
+    "PhotoMakerIDEncoder",
+    "PhotoMakerIDEncoderV2",
+    "IDEncoderConfig",
+    "build_id_encoder",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from photomaker.encoders import (

@@ -79,6 +79,9 @@ def _download(repo_id: str, weight_name: str, subfolder: str, **hub_kwargs) -> P
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; read it again now.
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        hub_kwargs.setdefault("local_files_only", True)
     try:
         return Path(
             hf_hub_download(repo_id, filename=weight_name, subfolder=subfolder or None, **hub_kwargs)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import types
 from pathlib import Path
@@ -131,11 +130,15 @@ def load_oracle():
     return package
 
 
-class HandWrittenV2Encoder(torch.nn.Module):
-    """The official V2 encoder's forward, from the formulas, for the oracle pipeline."""
+class HandWrittenEncoder(torch.nn.Module):
+    """The official encoders' forward (V1 or V2), from the formulas, for the oracle pipeline.
 
-    def __init__(self, vision_model, state_dict, depth, dim_head, id_embeds):
+    Only the CLIP vision tower is transformers' own module; the rest is the functions above.
+    """
+
+    def __init__(self, pm_version, vision_model, state_dict, depth, dim_head, id_embeds=None):
         super().__init__()
+        self.pm_version = pm_version
         self.vision_model = vision_model
         self.sd = state_dict
         self.depth, self.dim_head = depth, dim_head
@@ -143,9 +146,11 @@ class HandWrittenV2Encoder(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(1))  # the oracle reads the dtype from here
 
     def forward(self, id_pixel_values, prompt_embeds, class_tokens_mask):
-        b, n = id_pixel_values.shape[:2]
-        hidden = self.vision_model(id_pixel_values.flatten(0, 1))[0]
-        vectors = v2_id_vectors(hidden, self.id_embeds, self.sd, self.depth, self.dim_head)
+        out = self.vision_model(id_pixel_values.flatten(0, 1))
+        if self.pm_version == "v1":
+            vectors = v1_id_vectors(out[1], self.sd)
+        else:
+            vectors = v2_id_vectors(out[0], self.id_embeds, self.sd, self.depth, self.dim_head)
         return fuse_prompt(prompt_embeds, vectors.reshape(-1, vectors.shape[-1]), class_tokens_mask, self.sd)
 
 
@@ -162,14 +167,11 @@ def oracle_pipeline(oracle, components, pipe, pm_version, id_embeds=None):
     ref.set_progress_bar_config(disable=True)
     ref.trigger_word = pipe.trigger_word
     ref.id_image_processor = pipe.id_image_processor
-    if pm_version == "v1":
-        ref.id_encoder = pipe.id_encoder
-    else:
-        sd = {k: v.detach() for k, v in pipe.id_encoder.state_dict().items()}
-        cfg = pipe.id_encoder.id_config
-        ref.id_encoder = HandWrittenV2Encoder(
-            pipe.id_encoder.vision_model, sd, cfg.perceiver_depth, cfg.perceiver_dim_head, id_embeds
-        )
+    sd = {k: v.detach() for k, v in pipe.id_encoder.state_dict().items()}
+    cfg = pipe.id_encoder.id_config
+    ref.id_encoder = HandWrittenEncoder(
+        pm_version, pipe.id_encoder.vision_model, sd, cfg.perceiver_depth, cfg.perceiver_dim_head, id_embeds
+    )
     return ref
 
 
@@ -177,4 +179,3 @@ def assert_close(a, b, atol=1e-4, rtol=1e-4):
     torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), atol=atol, rtol=rtol)
 
 
-__all__ = [name for name in dir() if not name.startswith("_") and name not in {"math", "types", "sys"}]
