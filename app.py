@@ -155,7 +155,7 @@ def preview_photos(photos: list[str] | None):
     try:
         analysis = SERVICE.analyze_photos(photos)
     except PhotoMakerInputError as err:
-        return gr.update(value=None, visible=False), f"⚠️ {err}"
+        return gr.update(value=None, visible=False), f"⚠ {err}"
     items = list(zip(analysis.images, analysis.captions, strict=True))
     n = len(analysis.images)
     if analysis.reports is None:
@@ -172,7 +172,7 @@ def preview_photos(photos: list[str] | None):
                 + ", ".join(f"photo {r.index + 1}" for r in missing)
             )
         elif found:
-            status = "✅ " + status
+            status = "✓ " + status
     return gr.update(value=items, visible=True), status
 
 
