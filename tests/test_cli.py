@@ -1,0 +1,79 @@
+"""``python -m photomaker``: writes PNGs in tiny mode; user mistakes exit with status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from photomaker.cli import EXIT_USER_ERROR, main
+from photomaker.tiny_faces import draw_tiny_face
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("cli-photos")
+    paths = []
+    for variant in range(2):
+        image = draw_tiny_face(Image.new("RGB", (256, 256), "white"), (80, 60, 176, 190), variant)
+        path = folder / f"me{variant}.png"
+        image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_generate_writes_pngs_in_tiny_mode(photos, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "photomaker", "generate", "--tiny", "--photos", *photos,
+         "--prompt", "a photo of a man img in the snow", "--style", "Comic book",
+         "--steps", "2", "--num-outputs", "2", "--seed", "42", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "seed: 42"
+    written = [Path(line) for line in lines[1:]]
+    assert len(written) == 2 and all(p.is_file() and p.parent == out for p in written)
+    assert Image.open(written[0]).size == (48, 64)  # the default 3:4 preset, tiny
+    assert "noise" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"--prompt": "a photo of a man"}, "no trigger word"),
+        ({"--style": "Nope"}, "Unknown style"),
+        ({"--steps": "0"}, "steps must be between"),
+        ({"--photos": "missing.jpg"}, "Photo 1"),
+    ],
+)
+def test_user_errors_exit_2(photos, tmp_path, capsys, changes, message):
+    args = {"--photos": photos[0], "--prompt": "a man img", "--steps": "1", "--out": str(tmp_path)}
+    args.update(changes)
+    argv = ["generate", "--tiny"] + [x for kv in args.items() for x in kv]
+    assert main(argv) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert any(line.startswith("error: ") and message in line for line in err.splitlines())
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_bad_flag_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--photos", "a.jpg"])  # no --prompt
+    assert exit_info.value.code == 2
+
+
+def test_lists(capsys):
+    assert main(["styles"]) == 0
+    names = capsys.readouterr().out.splitlines()
+    assert names[0] == "Photographic (Default)" and "(No style)" in names
+    assert main(["aspect-ratios"]) == 0
+    assert "1:1 square (1024×1024)" in capsys.readouterr().out
