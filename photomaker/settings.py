@@ -369,7 +369,8 @@ def settings_table() -> str:
     for f in FIELDS:
         env = ", ".join(f"`{e}`" for e in (f.env, *f.env_aliases))
         default = "auto" if f.default is None and f.type is bool else f.default
+        default = "—" if default is None else f"`{default}`"
         flag = f"`{f.flag}`" + (f" / `--no-{f.flag[2:]}`" if f.type is bool else "")
         choices = f" One of {', '.join(f.choices)}." if f.choices else ""
-        rows.append(f"| {flag} | {env} | `{default}` | {f.help}{choices} |")
+        rows.append(f"| {flag} | {env} | {default} | {f.help}{choices} |")
     return "\n".join(rows)
