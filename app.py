@@ -76,6 +76,8 @@ class Dropdown(_NamesItself, gr.Dropdown):
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 SETTINGS = _settings()
 SERVICE: PhotoMakerService = build_service(SETTINGS)
+# Step-by-step progress in the UI comes from the pipeline's tqdm bar (track_tqdm).
+SERVICE.pipe.set_progress_bar_config(disable=False, leave=False)
 
 
 # --------------------------------------------------------------------------- GPU part

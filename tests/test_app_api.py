@@ -76,6 +76,7 @@ def app_url() -> str:
     _server.update(proc=proc, log=log)
     atexit.register(_stop)
     url = f"http://127.0.0.1:{port}/"
+    started = time.monotonic()
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -83,7 +84,7 @@ def app_url() -> str:
         try:
             with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as response:
                 if response.status == 200:
-                    _server["url"] = url
+                    _server.update(url=url, startup_s=time.monotonic() - started)
                     return url
         except OSError:
             time.sleep(0.5)
@@ -143,6 +144,10 @@ def call(client, photo_paths, **changes):
 
 def load(gallery) -> list[np.ndarray]:
     return [np.asarray(Image.open(item["image"])) for item in gallery]
+
+
+def test_tiny_app_starts_quickly(client):
+    assert _server["startup_s"] < 60, f"app.py --tiny took {_server['startup_s']:.0f}s to start"
 
 
 def test_one_public_endpoint(client):
