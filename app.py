@@ -45,32 +45,22 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-class _NamesItself:
-    """Gradio checks ranges and choices itself; its message then names the setting, since
-    the API can send any value."""
+def named(component):
+    """Gradio checks ranges and choices itself; make its message name the setting, since the
+    API can send any value. (Per instance: a Component subclass would make Gradio write an
+    ``app.pyi`` stub next to this file.)"""
+    original = component.preprocess
 
-    def get_block_name(self) -> str:
-        return type(self).__mro__[2].__name__.lower()  # the Gradio component's own front end
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         try:
-            return super().preprocess(payload)
+            return original(payload)
         except gr.Error as err:
             raise gr.Error(
-                f"{self.label}: {err.message}", title="Please check your input"
+                f"{component.label}: {err.message}", title="Please check your input"
             ) from None
 
-
-class Slider(_NamesItself, gr.Slider):
-    pass
-
-
-class Number(_NamesItself, gr.Number):
-    pass
-
-
-class Dropdown(_NamesItself, gr.Dropdown):
-    pass
+    component.preprocess = preprocess
+    return component
 
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -278,55 +268,77 @@ def build_demo(service: PhotoMakerService, settings: Settings) -> gr.Blocks:
                     lines=2,
                     elem_id="prompt",
                 )
-                style = Dropdown(
-                    label="Style", choices=service.style_names, value=DEFAULT_STYLE, elem_id="style"
+                style = named(
+                    gr.Dropdown(
+                        label="Style",
+                        choices=service.style_names,
+                        value=DEFAULT_STYLE,
+                        elem_id="style",
+                    )
                 )
-                aspect_ratio = Dropdown(
-                    label="Aspect ratio"
-                    + (" (tiny mode renders at 64 px)" if settings.tiny else ""),
-                    choices=list(ASPECT_RATIOS),
-                    value=DEFAULT_ASPECT_RATIO,
-                    elem_id="aspect-ratio",
+                aspect_ratio = named(
+                    gr.Dropdown(
+                        label="Aspect ratio"
+                        + (" (tiny mode renders at 64 px)" if settings.tiny else ""),
+                        choices=list(ASPECT_RATIOS),
+                        value=DEFAULT_ASPECT_RATIO,
+                        elem_id="aspect-ratio",
+                    )
                 )
                 submit = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Accordion("Advanced options", open=False):
                     negative_prompt = gr.Textbox(
                         label="Negative prompt", value=DEFAULT_NEGATIVE_PROMPT, lines=2
                     )
-                    steps = Slider(
-                        label="Steps",
-                        minimum=LIMITS["steps"][0],
-                        maximum=LIMITS["steps"][1],
-                        step=1,
-                        value=steps_default,
-                        precision=0,
+                    steps = named(
+                        gr.Slider(
+                            label="Steps",
+                            minimum=LIMITS["steps"][0],
+                            maximum=LIMITS["steps"][1],
+                            step=1,
+                            value=steps_default,
+                            precision=0,
+                        )
                     )
-                    style_strength = Slider(
-                        label="Style strength (%)",
-                        minimum=LIMITS["style_strength"][0],
-                        maximum=LIMITS["style_strength"][1],
-                        step=1,
-                        value=20,
-                        info="Share of the steps before the identity is merged in.",
+                    style_strength = named(
+                        gr.Slider(
+                            label="Style strength (%)",
+                            minimum=LIMITS["style_strength"][0],
+                            maximum=LIMITS["style_strength"][1],
+                            step=1,
+                            value=20,
+                            info="Share of the steps before the identity is merged in.",
+                        )
                     )
-                    num_outputs = Slider(
-                        label="Number of images", minimum=1, maximum=4, step=1, value=2, precision=0
+                    num_outputs = named(
+                        gr.Slider(
+                            label="Number of images",
+                            minimum=1,
+                            maximum=4,
+                            step=1,
+                            value=2,
+                            precision=0,
+                        )
                     )
-                    guidance_scale = Slider(
-                        label="Guidance scale",
-                        minimum=LIMITS["guidance_scale"][0],
-                        maximum=LIMITS["guidance_scale"][1],
-                        step=0.1,
-                        value=5.0,
+                    guidance_scale = named(
+                        gr.Slider(
+                            label="Guidance scale",
+                            minimum=LIMITS["guidance_scale"][0],
+                            maximum=LIMITS["guidance_scale"][1],
+                            step=0.1,
+                            value=5.0,
+                        )
                     )
                     with gr.Row():
-                        seed = Number(
-                            label="Seed",
-                            value=0,
-                            precision=0,
-                            minimum=0,
-                            maximum=MAX_SEED,
-                            elem_id="seed",
+                        seed = named(
+                            gr.Number(
+                                label="Seed",
+                                value=0,
+                                precision=0,
+                                minimum=0,
+                                maximum=MAX_SEED,
+                                elem_id="seed",
+                            )
                         )
                         randomize_seed = gr.Checkbox(
                             label="Randomize seed", value=True, elem_id="randomize"
