@@ -253,8 +253,7 @@ class Settings:
     ) -> Settings:
         """Settings from flags (``argv``, default ``sys.argv[1:]``) over the environment."""
         parser = parser or build_parser()
-        namespace, _unknown = parser.parse_known_args(argv)
-        return cls.from_namespace(namespace, env)
+        return cls.from_namespace(parser.parse_args(argv), env)  # a mistyped flag is an error
 
     @classmethod
     def from_namespace(

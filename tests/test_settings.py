@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from photomaker.errors import PhotoMakerInputError
-from photomaker.settings import FIELDS, Settings, build_parser, settings_table
+from photomaker.settings import FIELDS, Settings, settings_table
 
 
 def test_defaults_match_the_field_table():
@@ -66,7 +66,9 @@ def test_bad_env_values_name_the_variable(env):
 
 def test_bad_flag_exits():
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--pm-version", "v3"])
+        Settings.from_args(["--pm-version", "v3"], env={})
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--tinny"], env={})
 
 
 def test_checkpoint_location(tmp_path):
