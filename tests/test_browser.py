@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -124,8 +123,3 @@ def test_example_photos_fill_the_form(page):
     page.locator("table tr").filter(has_text="Watercolor").first.click()
     expect(page.locator("#prompt textarea")).to_have_value(re.compile("reading a book"))
     expect(page.locator("#photo-status")).to_contain_text("Faces found in 3 of 3 photos")
-
-
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH")
-def test_chromium_on_path():
-    assert shutil.which("chromium")
