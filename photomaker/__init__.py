@@ -19,6 +19,11 @@ _LAZY = {
     "PhotoMakerIDEncoderV2": "photomaker.encoders",
     "IDEncoderConfig": "photomaker.encoders",
     "build_id_encoder": "photomaker.encoders",
+    "GenerationRequest": "photomaker.service",
+    "GenerationResult": "photomaker.service",
+    "PhotoMakerService": "photomaker.service",
+    "FaceAnalyzer": "photomaker.faces",
+    "FaceReport": "photomaker.faces",
 }
 
 __all__ = [  # noqa: F822 - the lazy names resolve through __getattr__
@@ -29,6 +34,11 @@ __all__ = [  # noqa: F822 - the lazy names resolve through __getattr__
     "PhotoMakerIDEncoderV2",
     "IDEncoderConfig",
     "build_id_encoder",
+    "GenerationRequest",
+    "GenerationResult",
+    "PhotoMakerService",
+    "FaceAnalyzer",
+    "FaceReport",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +48,9 @@ if TYPE_CHECKING:  # pragma: no cover
         PhotoMakerIDEncoderV2,
         build_id_encoder,
     )
+    from photomaker.faces import FaceAnalyzer, FaceReport
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+    from photomaker.service import GenerationRequest, GenerationResult, PhotoMakerService
 
 
 def __getattr__(name: str):
