@@ -121,6 +121,13 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
                 tokenizer.add_tokens([trigger_word], special_tokens=True)
         logger.info("PhotoMaker %s adapter loaded (trigger word %r)", pm_version, trigger_word)
 
+    def to(self, *args, **kwargs):
+        """Move and cast like any pipeline, taking the ID encoder (not a component) along."""
+        pipe = super().to(*args, **kwargs)
+        if self.id_encoder is not None:
+            self.id_encoder.to(device=self.device, dtype=self.unet.dtype)
+        return pipe
+
     def _adapter_names(self) -> set[str]:
         try:
             return {name for names in self.get_list_adapters().values() for name in names}

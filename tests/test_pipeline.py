@@ -143,3 +143,11 @@ def test_from_pretrained_folder_round_trip(tmp_path):
     assert loaded.id_encoder is None
     with pytest.raises(RuntimeError, match="load_photomaker_adapter"):
         loaded(prompt="a man img", input_id_images=[photo(1)], num_inference_steps=1)
+
+
+def test_to_takes_the_id_encoder_along(tmp_path):
+    pipe = build_tiny_pipeline("v2", cache_dir=tmp_path)
+    pipe.to(torch.float64)
+    assert {p.dtype for p in pipe.id_encoder.parameters()} == {torch.float64}
+    images = generate(pipe, [photo(1)], num_inference_steps=2)
+    assert images.shape == (1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
