@@ -21,7 +21,6 @@ is the optional "crop ID photos around the face" step before the CLIP encoder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -36,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from photomaker.errors import PhotoMakerInputError
+from photomaker.images import image_digest
 
 __all__ = [
     "KNOWN_PACKS",
@@ -209,13 +209,6 @@ def resolve_pack(
     return text, False
 
 
-def _image_key(image: Image.Image) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
 def crop_around_face(
     image: Image.Image,
     bbox: Sequence[float],
@@ -367,7 +360,7 @@ class FaceAnalyzer:
         return _Analysis(len(bboxes), bbox, float(bboxes[main, 4]), embedding, size)
 
     def _cached(self, image: Image.Image) -> _Analysis:
-        key = _image_key(image)
+        key = image_digest(image)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:

@@ -7,6 +7,7 @@ uploads and enforces the count and size limits, naming the photo at fault.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -202,3 +203,11 @@ def load_id_images(
         logger.debug("photo %d (%s): %dx%d", number, _describe(source), *image.size)
         images.append(image)
     return images
+
+
+def image_digest(image: Image.Image) -> str:
+    """A content hash of a decoded image (mode, size, pixels): the key of the face-analysis
+    and ID-embedding caches, so the same photo uploaded again is recognised."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()

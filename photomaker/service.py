@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from .errors import PhotoMakerInputError
+from .images import image_digest
 from .styles import DEFAULT_STYLE, StyleBook, default_styles
 
 logger = logging.getLogger(__name__)
@@ -178,12 +179,6 @@ class GenerationResult:
             f"seed {self.seed} · {self.style}" + (f" · {i + 1}/{n}" if n > 1 else "")
             for i in range(n)
         ]
-
-
-def image_digest(image: Image.Image) -> str:
-    h = hashlib.sha1(f"{image.mode}{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
 
 
 def _no_face_message(missing: list[Any], total: int, pm_version: str) -> str:
