@@ -88,8 +88,10 @@ def load_style_lora(pipe: Any, settings: Settings) -> Any:
 def place(pipe: Any, settings: Settings) -> Any:
     """Move to the device, or offload model by model in low-VRAM mode."""
     device = settings.resolved_device()
-    if settings.low_vram and device != "cpu":
+    if settings.memory == "model-offload" and device != "cpu":
         pipe.enable_model_cpu_offload(device=device)
+    elif settings.memory == "sequential-offload" and device != "cpu":
+        pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
     return pipe

@@ -171,6 +171,12 @@ class GenerationResult:
     face_reports: list[Any] | None
     messages: list[str]
     timings: dict[str, float]
+    # How the images were made, for their PNG metadata (see the request for the user's words).
+    steps: int = 0
+    style_strength: float = 0.0
+    guidance_scale: float = 0.0
+    user_prompt: str = ""
+    user_negative_prompt: str = ""
 
     @property
     def captions(self) -> list[str]:
@@ -404,6 +410,7 @@ class PhotoMakerService:
         )
         context = {
             "style": values["style"],
+            "style_strength": values["style_strength"],
             "reports": reports,
             "messages": list(dict.fromkeys(messages)),
             "timings": {"load": t_load - t0, "faces": t_faces - t_load},
@@ -501,4 +508,9 @@ class PhotoMakerService:
             face_reports=context["reports"],
             messages=context["messages"],
             timings=timings,
+            steps=job.steps,
+            style_strength=context["style_strength"],
+            guidance_scale=job.guidance_scale,
+            user_prompt=request.prompt,
+            user_negative_prompt=request.negative_prompt or "",
         )

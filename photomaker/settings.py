@@ -31,6 +31,7 @@ OFFICIAL_CHECKPOINTS = {
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+MEMORY_MODES = ("full", "model-offload", "sequential-offload")
 VERSIONS = ("v1", "v2")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -129,11 +130,32 @@ FIELDS: tuple[Field, ...] = (
         choices=DTYPES,
     ),
     Field(
+        "memory",
+        str,
+        "full",
+        "GPU memory mode: full (every model on the GPU, fastest), model-offload (each model "
+        "visits the GPU only while it runs: fits 12 GB cards) or sequential-offload (layer by "
+        "layer: fits ~4 GB, much slower).",
+        choices=MEMORY_MODES,
+    ),
+    Field(
         "low_vram",
         bool,
         False,
-        "Keep models on the CPU and move each to the GPU only while it runs "
-        "(enable_model_cpu_offload): fits 12 GB cards, slower.",
+        "Alias of --memory model-offload (kept for old scripts).",
+    ),
+    Field(
+        "compile",
+        bool,
+        False,
+        "torch.compile the UNet (slow first call, faster steps after). Not on ZeroGPU.",
+    ),
+    Field(
+        "vae_fp16_fix",
+        str,
+        None,
+        "An fp16-safe SDXL VAE (hub id or folder, e.g. madebyollin/sdxl-vae-fp16-fix) so fp16 "
+        "cards decode without the fp32 upcast.",
     ),
     Field(
         "style_lora",
@@ -143,6 +165,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("style_lora_weight", float, 0.8, "Weight of the style LoRA."),
     Field("max_photos", int, 10, "Most ID photos accepted per request."),
+    Field(
+        "max_photo_megapixels",
+        float,
+        40.0,
+        "Largest photo accepted, in megapixels, read from the file header before decoding.",
+    ),
     Field(
         "host",
         str,
@@ -204,10 +232,14 @@ class Settings:
     skip_faceless_photos: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    memory: str = "full"
     low_vram: bool = False
+    compile: bool = False
+    vae_fp16_fix: str | None = None
     style_lora: str | None = None
     style_lora_weight: float = 0.8
     max_photos: int = 10
+    max_photo_megapixels: float = 40.0
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -220,6 +252,10 @@ class Settings:
                 raise PhotoMakerInputError(
                     f"Setting {field.name}: {value!r} is not one of {', '.join(field.choices)}."
                 )
+        if self.low_vram and self.memory == "full":  # the old flag is an alias
+            object.__setattr__(self, "memory", "model-offload")
+        if not self.max_photo_megapixels > 0:
+            raise PhotoMakerInputError("Setting max_photo_megapixels must be above 0.")
         if not 1 <= self.max_photos <= 64:
             raise PhotoMakerInputError("Setting max_photos must be between 1 and 64.")
         if not 0 < self.port < 65536:
@@ -322,7 +358,7 @@ class Settings:
         return (
             f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
             f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
-            + (", low-VRAM offload" if self.low_vram else "")
+            + (f", memory {self.memory}" if self.memory != "full" else "")
             + (
                 f", style LoRA {self.style_lora} x{self.style_lora_weight}"
                 if self.style_lora
