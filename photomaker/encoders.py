@@ -104,6 +104,15 @@ class FuseModule(nn.Module):
         self.mlp2 = MLP(embed_dim, embed_dim, embed_dim, use_residual=True)
         self.layer_norm = nn.LayerNorm(embed_dim)
 
+    # A pipeline component: diffusers asks each one for its device and dtype.
+    @property
+    def device(self) -> torch.device:
+        return self.layer_norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layer_norm.weight.dtype
+
     def fuse_fn(self, prompt_embeds: torch.Tensor, id_embeds: torch.Tensor) -> torch.Tensor:
         stacked = torch.cat([prompt_embeds, id_embeds], dim=-1)
         stacked = self.mlp1(stacked) + prompt_embeds
@@ -153,6 +162,17 @@ class PhotoMakerIDEncoder(CLIPVisionModelWithProjection):
         self.visual_projection_2 = nn.Linear(c.vision_hidden_size, c.projection_dim_2, bias=False)
         self.fuse_module = FuseModule(c.fuse_dim)
 
+    def detach_fuse_module(self) -> FuseModule:
+        """Take the fuse module out of this encoder's module tree and return it.
+
+        The checkpoint keeps both halves in one state dict; a pipeline registers them as two
+        components, because the fuse runs on every call while the vision tower runs only for
+        new photos (see :mod:`photomaker.loaders`). :meth:`forward` keeps working.
+        """
+        fuse = self._modules.pop("fuse_module")
+        self.__dict__["_detached_fuse_module"] = fuse  # a plain reference, not a submodule
+        return fuse
+
     def encode_id_images(
         self, id_pixel_values: torch.Tensor, id_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -165,12 +185,18 @@ class PhotoMakerIDEncoder(CLIPVisionModelWithProjection):
     def forward(
         self,
         id_pixel_values: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        class_tokens_mask: torch.Tensor,
+        prompt_embeds: torch.Tensor | None = None,
+        class_tokens_mask: torch.Tensor | None = None,
         id_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The reference's call (photos + prompt → fused prompt); without ``prompt_embeds``
+        only the photos are encoded, which is how a pipeline calls it (offload hooks see a
+        module call, not a bare method)."""
         id_image_embeds = self.encode_id_images(id_pixel_values, id_embeds)
-        return self.fuse_module(prompt_embeds, id_image_embeds, class_tokens_mask)
+        if prompt_embeds is None:
+            return id_image_embeds
+        fuse = self._modules.get("fuse_module") or self.__dict__["_detached_fuse_module"]
+        return fuse(prompt_embeds, id_image_embeds, class_tokens_mask)
 
 
 # --------------------------------------------------------------------------- V2

@@ -19,8 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import PhotoMakerInputError
-from .settings import Settings
+from .settings import Settings, on_zerogpu
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,19 @@ def load_base_pipeline(settings: Settings) -> Any:
                 f"Base model folder {settings.base_model} has no model_index.json: "
                 "it must be a diffusers SDXL folder (save_pretrained), or give a .safetensors file."
             )
-        return PhotoMakerStableDiffusionXLPipeline.from_pretrained(location, **kwargs)
-    return PhotoMakerStableDiffusionXLPipeline.from_pretrained(settings.base_model, **kwargs)
+    else:
+        location = settings.base_model
+    if dtype == torch.float16 or dtype == torch.bfloat16:
+        # Half the download and no fp32 → fp16 cast at load, where the repo has the variant.
+        try:
+            return PhotoMakerStableDiffusionXLPipeline.from_pretrained(
+                location, variant="fp16", **kwargs
+            )
+        except (ValueError, OSError) as error:
+            if "variant" not in str(error).lower() and "fp16" not in str(error):
+                raise
+            logger.info("no fp16 variant of %s; loading the default weights", settings.base_model)
+    return PhotoMakerStableDiffusionXLPipeline.from_pretrained(location, **kwargs)
 
 
 def load_adapter(pipe: Any, settings: Settings) -> Any:
@@ -81,19 +94,73 @@ def load_style_lora(pipe: Any, settings: Settings) -> Any:
         "loading the style LoRA %s (weight %s)", settings.style_lora, settings.style_lora_weight
     )
     pipe.load_lora_weights(location, adapter_name="style", **kwargs)
-    pipe.set_adapters(["photomaker", "style"], adapter_weights=[1.0, settings.style_lora_weight])
+    # Fused at its weight next to PhotoMaker's: no per-step cost (pipe.fuse_adapters to change).
+    pipe.fuse_adapters(["photomaker", "style"], [1.0, settings.style_lora_weight])
     return pipe
 
 
+def load_fp16_vae(pipe: Any, settings: Settings) -> Any:
+    """Swap in an fp16-safe VAE, so fp16 cards decode without SDXL's fp32 upcast."""
+    if not settings.vae_fp16_fix:
+        return pipe
+    from diffusers import AutoencoderKL
+
+    logger.info("loading the fp16-safe VAE %s", settings.vae_fp16_fix)
+    vae = AutoencoderKL.from_pretrained(
+        os.path.expanduser(settings.vae_fp16_fix), torch_dtype=settings.resolved_dtype()
+    )
+    vae.register_to_config(force_upcast=False)
+    pipe.vae = vae
+    pipe.register_modules(vae=vae)
+    return pipe
+
+
+#: Tile size in pixels for VAE decoding in the offload modes: SDXL's default tile is 1024
+#: px, so at 1024² enable_tiling() alone would decode in one piece.
+OFFLOAD_VAE_TILE = 512
+
+
 def place(pipe: Any, settings: Settings) -> Any:
-    """Move to the device, or offload model by model in low-VRAM mode."""
+    """Put the pipeline on its device in the chosen memory mode.
+
+    * ``full``: every model on the GPU.
+    * ``model-offload``: each model visits the GPU while it runs (diffusers'
+      ``enable_model_cpu_offload``); VAE decoded in 512-px tiles, one image at a time.
+    * ``sequential-offload``: layer by layer (``enable_sequential_cpu_offload``); same VAE.
+    """
     device = settings.resolved_device()
-    if settings.memory == "model-offload" and device != "cpu":
-        pipe.enable_model_cpu_offload(device=device)
-    elif settings.memory == "sequential-offload" and device != "cpu":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
+    if settings.memory == "full" or device == "cpu":
         pipe.to(device)
+        return pipe
+    if settings.memory == "model-offload":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+    configure_offload_vae(pipe.vae)
+    return pipe
+
+
+def configure_offload_vae(vae: Any, tile: int = OFFLOAD_VAE_TILE) -> None:
+    """Decode one image at a time, in ``tile``-pixel tiles: the decode's activations (about
+    2.1 GB per 1024² image) are what would otherwise set the VRAM floor in offload modes."""
+    vae.enable_slicing()
+    vae.enable_tiling()
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size = tile
+    vae.tile_latent_min_size = tile // scale
+
+
+def compile_unet(pipe: Any, settings: Settings) -> Any:
+    """``torch.compile`` the UNet in place (module type kept, so diffusers still sees a UNet)."""
+    if not settings.compile:
+        return pipe
+    if on_zerogpu():
+        raise PhotoMakerInputError(
+            "--compile is not supported on ZeroGPU (torch.compile cannot run in its GPU "
+            "workers); unset PHOTOMAKER_COMPILE on this Space."
+        )
+    logger.info("compiling the UNet (the first generation will be slow)")
+    pipe.unet.compile(fullgraph=False, dynamic=False)
     return pipe
 
 
@@ -105,15 +172,17 @@ def build_pipeline(settings: Settings) -> Any:
         pipe = build_tiny_pipeline(pm_version=settings.pm_version, seed=0)
         load_style_lora(pipe, settings)
         if settings.device != "auto":
-            pipe.to(settings.resolved_device())
-        return pipe
+            place(pipe, settings)
+        return compile_unet(pipe, settings)
     from diffusers import EulerDiscreteScheduler
 
     pipe = load_base_pipeline(settings)
     load_adapter(pipe, settings)
     load_style_lora(pipe, settings)
+    load_fp16_vae(pipe, settings)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    return place(pipe, settings)
+    place(pipe, settings)
+    return compile_unet(pipe, settings)
 
 
 def tiny_face_pack_folder() -> Path:

@@ -13,30 +13,25 @@ ids). Everything else — schedulers, CFG, LoRA, offloading — is diffusers' ow
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
     rescale_noise_cfg,
     retrieve_timesteps,
 )
-from huggingface_hub.utils import validate_hf_hub_args
 
-from photomaker import checkpoints, prompting
-from photomaker.encoders import IDEncoderConfig, PhotoMakerIDEncoder
-
-try:  # transformers >= 5 names the PIL-based processor explicitly (no torchvision needed)
-    from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers import CLIPImageProcessor as _CLIPImageProcessor
+from photomaker import prompting
+from photomaker.encoders import FuseModule, PhotoMakerIDEncoder
+from photomaker.loaders import PhotoMakerLoaderMixin
 
 logger = logging.getLogger(__name__)
 
@@ -45,97 +40,84 @@ PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.
 __all__ = ["PhotoMakerStableDiffusionXLPipeline"]
 
 
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    target = logging.getLogger(logger_name)
-    level = target.level
-    target.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        target.setLevel(level)
+@dataclass
+class PhotoMakerConditioning:
+    """The prompt embeddings of one PhotoMaker call, already CFG-concatenated when CFG is on.
+
+    ``text`` conditions the steps ``i <= start_merge_step`` (the prompt without the trigger
+    word), ``id`` the steps after (the class-word positions carry the fused ID embedding).
+    Each is ``(prompt_embeds, pooled_prompt_embeds)``; with CFG the negative half comes first.
+    """
+
+    text: tuple[torch.Tensor, torch.Tensor]
+    id: tuple[torch.Tensor, torch.Tensor]
+    negative: tuple[torch.Tensor, torch.Tensor] | None
+
+    def at_step(self, i: int, start_merge_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text if i <= start_merge_step else self.id
 
 
-class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
-    """Stable Diffusion XL with PhotoMaker (V1 or V2) identity conditioning."""
+class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusionXLPipeline):
+    """Stable Diffusion XL with PhotoMaker (V1 or V2) identity conditioning.
 
-    _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
+    Loading lives in :class:`~photomaker.loaders.PhotoMakerLoaderMixin`; this class holds
+    only what changes in generation, each step a named method that the Adapter and ControlNet
+    variants reuse: :meth:`prepare_id_image_embeds`, :meth:`encode_photomaker_prompt`,
+    :meth:`photomaker_unet_kwargs` (extra UNet inputs per step) and the loop in
+    :meth:`denoise`.
+    """
 
-    # Set by load_photomaker_adapter.
-    id_encoder: PhotoMakerIDEncoder | None = None
-    pm_version: str | None = None
-    trigger_word: str = prompting.DEFAULT_TRIGGER_WORD
-    num_tokens_per_image: int = 1
+    # The ID encoder runs first (new photos only), then the text encoders, then the fuse.
+    model_cpu_offload_seq = "id_encoder->text_encoder->text_encoder_2->id_fuse_module->unet->vae"
+    _optional_components = [
+        *StableDiffusionXLPipeline._optional_components,
+        "id_encoder",
+        "id_fuse_module",
+    ]
+    _callback_tensor_inputs = [
+        "latents",
+        "prompt_embeds",
+        "add_text_embeds",
+        "add_time_ids",
+        "prompt_embeds_text_only",
+        "add_text_embeds_text_only",
+        "negative_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ]
 
-    # ------------------------------------------------------------------ loading
-
-    @validate_hf_hub_args
-    def load_photomaker_adapter(
+    def __init__(
         self,
-        pretrained_model_name_or_path_or_dict: str | os.PathLike | Mapping[str, Any],
-        weight_name: str | None = None,
-        subfolder: str = "",
-        trigger_word: str = prompting.DEFAULT_TRIGGER_WORD,
-        pm_version: str = "v2",
-        id_encoder_config: IDEncoderConfig | None = None,
-        **kwargs,
-    ) -> None:
-        """Load a PhotoMaker checkpoint: the ID encoder, the UNet LoRA and the trigger word.
-
-        Args:
-            pretrained_model_name_or_path_or_dict: a Hub repo id (``"TencentARC/PhotoMaker-V2"``),
-                a local folder, a ``.bin``/``.safetensors`` file, or a state dict with the
-                entries ``id_encoder`` and ``lora_weights``.
-            weight_name: the file inside the repo or folder (default ``photomaker-v1.bin`` /
-                ``photomaker-v2.bin`` by version).
-            subfolder: a folder inside the repo or folder.
-            trigger_word: the word that follows the class word in prompts.
-            pm_version: ``"v1"`` or ``"v2"``.
-            id_encoder_config: sizes of the ID encoder; the official ones by default.
-            kwargs: passed to ``huggingface_hub.hf_hub_download`` (``cache_dir``, ``token``,
-                ``revision``, ``local_files_only``, ...).
-        """
-        if pm_version not in ("v1", "v2"):
-            raise ValueError(f"pm_version must be 'v1' or 'v2', not {pm_version!r}")
-        state = checkpoints.load_photomaker_state_dict(
-            pretrained_model_name_or_path_or_dict, weight_name, subfolder, pm_version, **kwargs
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet,
+        scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+        id_encoder: PhotoMakerIDEncoder | None = None,
+        id_fuse_module: FuseModule | None = None,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
         )
-
-        encoder = checkpoints.load_id_encoder(state["id_encoder"], pm_version, id_encoder_config)
-        self.id_encoder = encoder.to(device=self.device, dtype=self.unet.dtype)
-        self.id_image_processor = _CLIPImageProcessor()
-        self.pm_version = pm_version
-        self.num_tokens_per_image = encoder.tokens_per_image
-
-        # The LoRA, as a named PEFT adapter so users can add, weigh and fuse their own.
-        if "photomaker" in self._adapter_names():
-            self.delete_adapters("photomaker")
-        lora = checkpoints.convert_lora_to_peft(state["lora_weights"], dtype=self.unet.dtype)
-        with _quiet("diffusers.loaders"):  # it notes, harmlessly, that no text-encoder keys exist
-            self.load_lora_weights(lora, adapter_name="photomaker")
-
-        # The trigger word, as one token in both tokenizers.
-        self.trigger_word = trigger_word
-        for tokenizer in (self.tokenizer, self.tokenizer_2):
-            if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
-                tokenizer.add_tokens([trigger_word], special_tokens=True)
-        logger.info("PhotoMaker %s adapter loaded (trigger word %r)", pm_version, trigger_word)
-
-    def to(self, *args, **kwargs):
-        """Move and cast like any pipeline, taking the ID encoder (not a component) along."""
-        pipe = super().to(*args, **kwargs)
-        if self.id_encoder is not None:
-            self.id_encoder.to(device=self.device, dtype=self.unet.dtype)
-        return pipe
-
-    def _adapter_names(self) -> set[str]:
-        try:
-            return {name for names in self.get_list_adapters().values() for name in names}
-        except (ValueError, AttributeError):
-            return set()
+        self.register_modules(id_encoder=id_encoder, id_fuse_module=id_fuse_module)
 
     def _require_adapter(self) -> PhotoMakerIDEncoder:
-        if self.id_encoder is None:
+        if getattr(self, "id_fuse_module", None) is None:
             raise RuntimeError("Load a PhotoMaker checkpoint first: pipe.load_photomaker_adapter(...)")
         return self.id_encoder
 
@@ -205,21 +187,17 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
 
     # ------------------------------------------------------------------ ID images
 
-    @contextlib.contextmanager
-    def _id_encoder_on(self, device: torch.device) -> Iterator[PhotoMakerIDEncoder]:
-        """The ID encoder on ``device``; with model CPU offload it goes back afterwards."""
-        encoder = self._require_adapter()
-        home = next(encoder.parameters()).device
-        if home == torch.device(device):
-            yield encoder
-            return
-        offloading = bool(getattr(self, "_all_hooks", None))
-        encoder.to(device)
-        try:
-            yield encoder
-        finally:
-            if offloading:  # keep VRAM free between calls, like the other offloaded models
-                encoder.to(home)
+    def preprocess_id_images(self, input_id_images: PipelineImageInput) -> torch.Tensor:
+        """Photos → CLIP pixel values ``[num_photos, 3, 224, 224]`` (float32, on the CPU).
+
+        Runs on the CPU, so a caller (the app on ZeroGPU) can do it before the GPU part and
+        send the small tensor instead of the photos."""
+        images = list(input_id_images) if isinstance(input_id_images, (list, tuple)) else [input_id_images]
+        if not images:
+            raise ValueError("`input_id_images` is empty: pass at least one photo of the person")
+        if isinstance(images[0], torch.Tensor):
+            return torch.stack([img.reshape(img.shape[-3:]) for img in images])
+        return self.id_image_processor(images, return_tensors="pt").pixel_values
 
     @torch.no_grad()
     def encode_id_images(
@@ -230,18 +208,13 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         """Encode ID photos once; pass the result back as ``id_image_embeds=`` to reuse it.
 
         Returns the prompt-independent ID embeddings ``[num_photos, tokens_per_image,
-        2048]``. ``id_embeds`` (V2 only) are the photos' ArcFace embeddings ``[num_photos, 512]``.
+        2048]``. ``input_id_images`` are photos or the output of :meth:`preprocess_id_images`;
+        ``id_embeds`` (V2 only) are the photos' ArcFace embeddings ``[num_photos, 512]``.
         """
         encoder = self._require_adapter()
-        images = list(input_id_images) if isinstance(input_id_images, (list, tuple)) else [input_id_images]
-        if not images:
-            raise ValueError("`input_id_images` is empty: pass at least one photo of the person")
-        if isinstance(images[0], torch.Tensor):
-            pixel_values = torch.stack([img.reshape(img.shape[-3:]) for img in images])
-        else:
-            pixel_values = self.id_image_processor(images, return_tensors="pt").pixel_values
+        pixel_values = self.preprocess_id_images(input_id_images)
         device = self._execution_device
-        dtype = next(encoder.parameters()).dtype
+        dtype = encoder.dtype
         pixel_values = pixel_values.unsqueeze(0).to(device=device, dtype=dtype)
         if self.pm_version == "v2":
             if id_embeds is None:
@@ -249,14 +222,27 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
                     "PhotoMaker V2 needs `id_embeds`: one ArcFace face embedding [N, 512] per ID photo"
                 )
             id_embeds = torch.as_tensor(id_embeds)
-            if id_embeds.ndim != 2 or id_embeds.shape[0] != len(images):
+            if id_embeds.ndim != 2 or id_embeds.shape[0] != pixel_values.shape[1]:
                 raise ValueError(
-                    f"`id_embeds` must be [{len(images)}, 512], one row per ID photo, "
+                    f"`id_embeds` must be [{pixel_values.shape[1]}, 512], one row per ID photo, "
                     f"not {list(id_embeds.shape)}"
                 )
             id_embeds = id_embeds.unsqueeze(0).to(device=device, dtype=dtype)
-        with self._id_encoder_on(device) as encoder:
-            return encoder.encode_id_images(pixel_values, id_embeds)[0]
+        # Through the module's own call (not a bare method) so offload hooks place it.
+        return encoder(id_pixel_values=pixel_values, id_embeds=id_embeds)[0]
+
+    def prepare_id_image_embeds(
+        self,
+        input_id_images: PipelineImageInput | None,
+        id_embeds: torch.Tensor | np.ndarray | None,
+        id_image_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The ID image embeddings: given, or encoded from the photos."""
+        if id_image_embeds is not None:
+            return id_image_embeds
+        if input_id_images is None:
+            raise ValueError("Pass the person's photos as `input_id_images` (or `id_image_embeds`)")
+        return self.encode_id_images(input_id_images, id_embeds)
 
     def fuse_id_embeddings(
         self,
@@ -265,10 +251,81 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         class_tokens_mask: torch.Tensor,
     ) -> torch.Tensor:
         """Replace the class-word positions of ``prompt_embeds`` with the stacked ID embedding."""
+        self._require_adapter()
         device = prompt_embeds.device
-        with self._id_encoder_on(device) as encoder:
-            fused = encoder.fuse_module(prompt_embeds, id_image_embeds.to(device).unsqueeze(0), class_tokens_mask)
-        return fused
+        id_image_embeds = id_image_embeds.to(device=device, dtype=prompt_embeds.dtype).unsqueeze(0)
+        return self.id_fuse_module(prompt_embeds, id_image_embeds, class_tokens_mask)
+
+    def encode_photomaker_prompt(
+        self,
+        prompt: str | None,
+        prompt_2: str | None,
+        id_image_embeds: torch.Tensor,
+        num_images_per_prompt: int,
+        device: torch.device,
+        do_classifier_free_guidance: bool,
+        negative_prompt: str | None = None,
+        negative_prompt_2: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        class_tokens_mask: torch.Tensor | None = None,
+        prompt_embeds_text_only: torch.Tensor | None = None,
+        pooled_prompt_embeds_text_only: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> PhotoMakerConditioning:
+        """Both conditionings of a PhotoMaker call, one copy per image, CFG halves joined.
+
+        Text encoding happens before the fuse so that, under model offload, every text
+        encoder has finished before the fuse module and then the UNet take the GPU. Passes
+        per call: 2 for the prompt with the class word expanded, 4 for the text-only and
+        negative prompts (the reference makes 8)."""
+        num_id_images = id_image_embeds.shape[0]
+        prompt_embeds, pooled_prompt_embeds, class_tokens_mask = self.encode_prompt_with_trigger_word(
+            prompt=prompt, prompt_2=prompt_2, num_id_images=num_id_images, device=device,
+            prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            class_tokens_mask=class_tokens_mask, clip_skip=clip_skip,
+        )
+        (
+            prompt_embeds_text_only,
+            negative_prompt_embeds,
+            pooled_prompt_embeds_text_only,
+            negative_pooled_prompt_embeds,
+        ) = self.encode_prompt(
+            prompt=self.text_only_prompt(prompt) if prompt_embeds_text_only is None else None,
+            prompt_2=prompt_2,
+            device=device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            negative_prompt=negative_prompt,
+            negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds_text_only,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds_text_only,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
+        prompt_embeds = self.fuse_id_embeddings(prompt_embeds, id_image_embeds, class_tokens_mask)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        conditions = {
+            "text": (prompt_embeds_text_only, pooled_prompt_embeds_text_only),
+            "id": (prompt_embeds, pooled_prompt_embeds),
+        }
+        negative = None
+        if do_classifier_free_guidance:
+            negative = (negative_prompt_embeds.to(device), negative_pooled_prompt_embeds.to(device))
+            conditions = {
+                name: (
+                    torch.cat([negative[0], embeds.to(device)], dim=0),
+                    torch.cat([negative[1], pooled.to(device)], dim=0),
+                )
+                for name, (embeds, pooled) in conditions.items()
+            }
+        return PhotoMakerConditioning(text=conditions["text"], id=conditions["id"], negative=negative)
 
     # ------------------------------------------------------------------ generation
 
@@ -311,7 +368,7 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         # PhotoMaker
         input_id_images: PipelineImageInput | None = None,
-        start_merge_step: int = 0,
+        start_merge_step: int = 10,
         class_tokens_mask: torch.Tensor | None = None,
         id_embeds: torch.Tensor | None = None,
         prompt_embeds_text_only: torch.Tensor | None = None,
@@ -329,6 +386,7 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             start_merge_step: the last step that sees the text-only prompt; the ID embedding
                 conditions the steps after it (``i > start_merge_step``). Larger values give
                 the text and style more say; the demo uses ``min(int(ratio / 100 * steps), 30)``.
+                Default 10, as in the official pipeline.
             id_embeds: V2 only, ArcFace embeddings of the photos, ``[num_photos, 512]``.
             class_tokens_mask: with ``prompt_embeds``, the positions of the class-word copies.
             prompt_embeds_text_only, pooled_prompt_embeds_text_only: precomputed embeddings of
@@ -340,6 +398,8 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         callback_steps = kwargs.pop("callback_steps", None)
         if kwargs:
             raise TypeError(f"Unexpected arguments: {', '.join(kwargs)}")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         if isinstance(prompt, list):
             if len(prompt) != 1:
@@ -370,156 +430,82 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         self._cross_attention_kwargs = cross_attention_kwargs
         self._denoising_end = denoising_end
         self._interrupt = False
-        batch_size = 1
         device = self._execution_device
-        lora_scale = (cross_attention_kwargs or {}).get("scale")
+        batch = num_images_per_prompt
 
         # 2. The photos → ID image embeddings (prompt-independent; reusable).
-        if id_image_embeds is None:
-            id_image_embeds = self.encode_id_images(input_id_images, id_embeds)
-        num_id_images = id_image_embeds.shape[0]
+        id_image_embeds = self.prepare_id_image_embeds(input_id_images, id_embeds, id_image_embeds)
 
-        # 3. The prompt with its class word expanded, and the stacked ID embedding fused in.
-        prompt_embeds, pooled_prompt_embeds, class_tokens_mask = self.encode_prompt_with_trigger_word(
-            prompt=prompt, prompt_2=prompt_2, num_id_images=num_id_images, device=device,
+        # 3. Text-only, ID-fused and negative prompt embeddings.
+        conditioning = self.encode_photomaker_prompt(
+            prompt, prompt_2, id_image_embeds, batch, device, self.do_classifier_free_guidance,
+            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
-            class_tokens_mask=class_tokens_mask, clip_skip=clip_skip,
-        )
-        prompt_embeds = self.fuse_id_embeddings(prompt_embeds, id_image_embeds, class_tokens_mask)
-
-        # 4. The prompt without the trigger word (first steps), and the negative prompt (CFG).
-        (
-            prompt_embeds_text_only,
-            negative_prompt_embeds,
-            pooled_prompt_embeds_text_only,
-            negative_pooled_prompt_embeds,
-        ) = self.encode_prompt(
-            prompt=self.text_only_prompt(prompt) if prompt_embeds_text_only is None else None,
-            prompt_2=prompt_2,
-            device=device,
-            num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=self.do_classifier_free_guidance,
-            negative_prompt=negative_prompt,
-            negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds_text_only,
+            class_tokens_mask=class_tokens_mask, prompt_embeds_text_only=prompt_embeds_text_only,
+            pooled_prompt_embeds_text_only=pooled_prompt_embeds_text_only,
             negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds_text_only,
             negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            lora_scale=lora_scale,
-            clip_skip=clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"), clip_skip=clip_skip,
         )
 
-        # 5. One copy of the ID prompt per image.
-        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
-
-        # 6. Timesteps and the initial latents (one draw of the generator for all images).
+        # 4. Timesteps and the initial latents (one draw of the generator for all images).
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, device, timesteps, sigmas
         )
+        dtype = conditioning.id[0].dtype
         latents = self.prepare_latents(
-            batch_size * num_images_per_prompt, self.unet.config.in_channels, height, width,
-            prompt_embeds.dtype, device, generator, latents,
+            batch, self.unet.config.in_channels, height, width, dtype, device, generator, latents
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 7. Micro-conditioning time ids; IP-Adapter image embeddings if any.
+        # 5. Micro-conditioning time ids; IP-Adapter image embeddings if any.
         text_encoder_projection_dim = (
-            int(pooled_prompt_embeds.shape[-1])
+            int(conditioning.id[1].shape[-1])
             if self.text_encoder_2 is None
             else self.text_encoder_2.config.projection_dim
         )
         add_time_ids = self._get_add_time_ids(
-            original_size, crops_coords_top_left, target_size, dtype=prompt_embeds.dtype,
+            original_size, crops_coords_top_left, target_size, dtype=dtype,
             text_encoder_projection_dim=text_encoder_projection_dim,
         )
         negative_add_time_ids = add_time_ids
         if negative_original_size is not None and negative_target_size is not None:
             negative_add_time_ids = self._get_add_time_ids(
                 negative_original_size, negative_crops_coords_top_left, negative_target_size,
-                dtype=prompt_embeds.dtype, text_encoder_projection_dim=text_encoder_projection_dim,
+                dtype=dtype, text_encoder_projection_dim=text_encoder_projection_dim,
             )
-        cfg = self.do_classifier_free_guidance
-        conditions = {  # (prompt embedding, pooled embedding) before and after the merge step
-            "text": (prompt_embeds_text_only, pooled_prompt_embeds_text_only),
-            "id": (prompt_embeds, pooled_prompt_embeds),
-        }
-        if cfg:
-            conditions = {
-                name: (
-                    torch.cat([negative_prompt_embeds, embeds], dim=0).to(device),
-                    torch.cat([negative_pooled_prompt_embeds, pooled], dim=0).to(device),
-                )
-                for name, (embeds, pooled) in conditions.items()
-            }
+        if self.do_classifier_free_guidance:
             add_time_ids = torch.cat([negative_add_time_ids, add_time_ids], dim=0)
-        add_time_ids = add_time_ids.to(device).repeat(batch_size * num_images_per_prompt, 1)
+        add_time_ids = add_time_ids.to(device).repeat(batch, 1)
         added_image_embeds = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
             added_image_embeds = self.prepare_ip_adapter_image_embeds(
-                ip_adapter_image, ip_adapter_image_embeds, device,
-                batch_size * num_images_per_prompt, cfg,
+                ip_adapter_image, ip_adapter_image_embeds, device, batch,
+                self.do_classifier_free_guidance,
             )
 
-        # 8. Optional early end of denoising (ensemble of experts), as in SDXL.
+        # 6. Optional early end of denoising (ensemble of experts), as in SDXL.
         if denoising_end is not None and 0 < denoising_end < 1:
             cutoff = int(round(self.scheduler.config.num_train_timesteps * (1 - denoising_end)))
             num_inference_steps = len([t for t in timesteps if t >= cutoff])
             timesteps = timesteps[:num_inference_steps]
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
-            scale = torch.tensor(self.guidance_scale - 1).repeat(batch_size * num_images_per_prompt)
+            scale = torch.tensor(self.guidance_scale - 1).repeat(batch)
             timestep_cond = self.get_guidance_scale_embedding(
                 scale, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        # 9. Denoising loop: text-only conditioning while i <= start_merge_step, then the ID.
-        self._num_timesteps = len(timesteps)
-        num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                current_embeds, add_text_embeds = conditions["text" if i <= start_merge_step else "id"]
-                latent_model_input = torch.cat([latents] * 2) if cfg else latents
-                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-                added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
-                if added_image_embeds is not None:
-                    added_cond_kwargs["image_embeds"] = added_image_embeds
-                noise_pred = self.unet(
-                    latent_model_input,
-                    t,
-                    encoder_hidden_states=current_embeds,
-                    timestep_cond=timestep_cond,
-                    cross_attention_kwargs=cross_attention_kwargs,
-                    added_cond_kwargs=added_cond_kwargs,
-                    return_dict=False,
-                )[0]
-                if cfg:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-                    if guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale=guidance_rescale)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        # 7. Denoise: text-only conditioning while i <= start_merge_step, then the ID.
+        latents = self.denoise(
+            latents, timesteps, num_inference_steps, conditioning, start_merge_step,
+            add_time_ids, extra_step_kwargs, timestep_cond=timestep_cond,
+            added_image_embeds=added_image_embeds, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback=callback, callback_steps=callback_steps,
+        )
 
-                if callback_on_step_end is not None:
-                    available = {
-                        "latents": latents,
-                        "prompt_embeds": current_embeds,
-                        "add_text_embeds": add_text_embeds,
-                        "add_time_ids": add_time_ids,
-                    }
-                    outputs = callback_on_step_end(
-                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
-                    )
-                    latents = outputs.pop("latents", latents)
-                    add_time_ids = outputs.pop("add_time_ids", add_time_ids)
-                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
-                    progress_bar.update()
-                    if callback is not None and i % (callback_steps or 1) == 0:
-                        callback(i // getattr(self.scheduler, "order", 1), t, latents)
-
-        # 10. Decode.
+        # 8. Decode.
         if output_type == "latent":
             image = latents
         else:
@@ -529,6 +515,105 @@ class PhotoMakerStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         if not return_dict:
             return (image,)
         return StableDiffusionXLPipelineOutput(images=image)
+
+    def photomaker_unet_kwargs(
+        self, i: int, t: torch.Tensor, latent_model_input: torch.Tensor,
+        prompt_embeds: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        """Extra UNet inputs for step ``i``: none here; the T2I-Adapter and ControlNet
+        variants return their residuals."""
+        return {}
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        num_inference_steps: int,
+        conditioning: PhotoMakerConditioning,
+        start_merge_step: int,
+        add_time_ids: torch.Tensor,
+        extra_step_kwargs: dict[str, Any],
+        timestep_cond: torch.Tensor | None = None,
+        added_image_embeds: Any = None,
+        callback_on_step_end: Callable[..., dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: Callable | None = None,
+        callback_steps: int | None = None,
+    ) -> torch.Tensor:
+        """The sampling loop with PhotoMaker's merge switch.
+
+        Step callbacks (``callback_on_step_end``, diffusers' ``PipelineCallback``s) see and
+        may replace ``prompt_embeds``/``add_text_embeds`` (the ID conditioning),
+        ``prompt_embeds_text_only``/``add_text_embeds_text_only`` (the first steps'),
+        ``add_time_ids`` and ``latents``. Guidance is read each step, so a callback may turn
+        CFG off (``SDXLCFGCutoffCallback``); a conditioning still holding both halves then
+        uses its conditional half.
+        """
+        state = {
+            "prompt_embeds": conditioning.id[0],
+            "add_text_embeds": conditioning.id[1],
+            "prompt_embeds_text_only": conditioning.text[0],
+            "add_text_embeds_text_only": conditioning.text[1],
+            "add_time_ids": add_time_ids,
+        }
+        negative = conditioning.negative or (None, None)
+        self._num_timesteps = len(timesteps)
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)
+        num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                suffix = "" if i > start_merge_step else "_text_only"
+                cfg = self.do_classifier_free_guidance
+                rows = latents.shape[0] * (2 if cfg else 1)
+                # The conditional half is the last one: what is left once CFG is switched off.
+                embeds = state["prompt_embeds" + suffix][-rows:]
+                pooled = state["add_text_embeds" + suffix][-rows:]
+                time_ids = state["add_time_ids"][-rows:]
+                latent_model_input = torch.cat([latents] * 2) if cfg else latents
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                added_cond_kwargs = {"text_embeds": pooled, "time_ids": time_ids}
+                if added_image_embeds is not None:
+                    added_cond_kwargs["image_embeds"] = added_image_embeds
+                noise_pred = self.unet(
+                    latent_model_input,
+                    t,
+                    encoder_hidden_states=embeds,
+                    timestep_cond=timestep_cond,
+                    cross_attention_kwargs=self.cross_attention_kwargs,
+                    added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
+                    **self.photomaker_unet_kwargs(i, t, latent_model_input, embeds, added_cond_kwargs),
+                )[0]
+                if cfg:
+                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+                    if self.guidance_rescale > 0.0:
+                        noise_pred = rescale_noise_cfg(
+                            noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale
+                        )
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    available = {
+                        **state,
+                        "latents": latents,
+                        "negative_prompt_embeds": negative[0],
+                        "negative_pooled_prompt_embeds": negative[1],
+                    }
+                    outputs = callback_on_step_end(
+                        self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    )
+                    latents = outputs.pop("latents", latents)
+                    for key in state:
+                        state[key] = outputs.pop(key, state[key])
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
+                    progress_bar.update()
+                    if callback is not None and i % (callback_steps or 1) == 0:
+                        callback(i // getattr(self.scheduler, "order", 1), t, latents)
+        return latents
 
     def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode, upcasting an fp16 VAE that would overflow, as SDXL does."""

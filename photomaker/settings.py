@@ -126,7 +126,8 @@ FIELDS: tuple[Field, ...] = (
         "dtype",
         str,
         "auto",
-        "Weights dtype: auto = bfloat16 where supported, else float16; float32 on CPU.",
+        "Weights dtype: auto = bfloat16 on GPUs with native bf16 (Ampere and newer), float16 "
+        "on older ones (T4, V100); float32 on CPU.",
         choices=DTYPES,
     ),
     Field(
@@ -190,6 +191,19 @@ def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
     """True on a Hugging Face Space with ZeroGPU hardware."""
     env = os.environ if env is None else env
     return env.get("SPACES_ZERO_GPU", "").lower() in _TRUE
+
+
+def native_bf16() -> bool:
+    """True when the CUDA GPU computes bfloat16 in hardware (compute capability 8.0+:
+    Ampere and newer). ``torch.cuda.is_bf16_supported()`` also counts emulation, which makes
+    T4s and V100s several times slower than in float16."""
+    import torch
+
+    try:
+        major, _minor = torch.cuda.get_device_capability()
+    except (RuntimeError, AssertionError, AttributeError):
+        return False
+    return major >= 8
 
 
 def _convert(field: Field, raw: Any, source: str) -> Any:
@@ -339,12 +353,9 @@ class Settings:
         if self.tiny or device == "cpu":
             return torch.float32
         if device == "cuda":
-            if on_zerogpu():
+            if on_zerogpu():  # ZeroGPU hands out H200 slices: native bf16
                 return torch.bfloat16
-            try:
-                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            except (RuntimeError, AssertionError):
-                return torch.float16
+            return torch.bfloat16 if native_bf16() else torch.float16
         return torch.float16
 
     def resolved_faces_on_cpu(self) -> bool:

@@ -163,11 +163,12 @@ def oracle_pipeline(oracle, components, pipe, pm_version, id_embeds=None):
             return super().encode_prompt_with_trigger_word(*args, num_id_images=num_id_images * 2, **kwargs)
 
     cls = ReferenceV2 if pm_version == "v2" else base
-    ref = cls(**components)
+    ref = cls(**{k: v for k, v in components.items() if k not in ("id_encoder", "id_fuse_module")})
     ref.set_progress_bar_config(disable=True)
     ref.trigger_word = pipe.trigger_word
     ref.id_image_processor = pipe.id_image_processor
     sd = {k: v.detach() for k, v in pipe.id_encoder.state_dict().items()}
+    sd.update({f"fuse_module.{k}": v.detach() for k, v in pipe.id_fuse_module.state_dict().items()})
     cfg = pipe.id_encoder.id_config
     ref.id_encoder = HandWrittenEncoder(
         pm_version, pipe.id_encoder.vision_model, sd, cfg.perceiver_depth, cfg.perceiver_dim_head, id_embeds

@@ -31,6 +31,7 @@ def test_env_then_flags():
     }
     s = Settings.from_args([], env=env)
     assert s.tiny is True and s.pm_version == "v1" and s.low_vram is True
+    assert s.memory == "model-offload"  # --low-vram is an alias
     assert s.base_model == "/models/my-sdxl.safetensors"
     assert s.style_lora_weight == 0.5 and s.port == 9001
 
@@ -100,11 +101,20 @@ def test_device_and_dtype_resolution(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert Settings().resolved_device() in ("cpu", "mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert Settings().resolved_device() == "cuda"
-    assert Settings().resolved_dtype() == torch.float16
+    # The device's capability is faked, not the decision: torch's own is_bf16_supported()
+    # says True on a T4 (emulation), and must not be what picks bf16.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert Settings().resolved_dtype() == torch.bfloat16
+    for capability, expected in [
+        ((7, 5), torch.float16),  # T4
+        ((7, 0), torch.float16),  # V100
+        ((8, 0), torch.bfloat16),  # A100
+        ((8, 6), torch.bfloat16),  # A10G, RTX 30xx
+        ((8, 9), torch.bfloat16),  # L4, RTX 40xx
+        ((9, 0), torch.bfloat16),  # H100
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        assert Settings().resolved_dtype() == expected, capability
     assert Settings().resolved_faces_on_cpu() is False
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert Settings().resolved_faces_on_cpu() is True
@@ -114,3 +124,13 @@ def test_settings_table_lists_every_setting():
     table = settings_table()
     for field in FIELDS:
         assert field.flag in table and field.env in table
+
+
+def test_memory_modes_and_the_low_vram_alias():
+    assert Settings().memory == "full"
+    assert Settings(low_vram=True).memory == "model-offload"
+    assert Settings(memory="sequential-offload", low_vram=True).memory == "sequential-offload"
+    assert Settings.from_args(["--memory", "sequential-offload"], env={}).memory == "sequential-offload"
+    assert Settings.from_env({"PHOTOMAKER_LOW_VRAM": "1"}).memory == "model-offload"
+    with pytest.raises(PhotoMakerInputError, match="memory"):
+        Settings(memory="half")
