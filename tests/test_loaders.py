@@ -71,12 +71,17 @@ def full_size_unet():
 
     with init_empty_weights():
         return UNet2DConditionModel(
-            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
+            sample_size=128,
+            cross_attention_dim=2048,
+            block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-            use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
         )
 
 
@@ -98,9 +103,18 @@ def test_released_lora_layout_loads_through_diffusers_unchanged(monkeypatch):
     monkeypatch.setattr(peft, "set_peft_model_state_dict", capture)
     unet = full_size_unet()
     StableDiffusionXLPipeline.load_lora_into_unet(
-        dict(lora), network_alphas=None, unet=unet, adapter_name="photomaker", low_cpu_mem_usage=True
+        dict(lora),
+        network_alphas=None,
+        unet=unet,
+        adapter_name="photomaker",
+        low_cpu_mem_usage=True,
     )
-    names = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
+    names = {
+        "to_q_lora": "to_q",
+        "to_k_lora": "to_k",
+        "to_v_lora": "to_v",
+        "to_out_lora": "to_out.0",
+    }
     expected = {}
     for key, tensor in lora.items():
         path, _, tail = key.removeprefix("unet.").partition(".processor.")
@@ -110,7 +124,9 @@ def test_released_lora_layout_loads_through_diffusers_unchanged(monkeypatch):
     assert set(handed) == set(expected)
     for key, tensor in expected.items():
         assert torch.equal(handed[key], tensor), key
-    wrapped = [n for n, m in unet.named_modules() if hasattr(m, "lora_A") and "photomaker" in m.lora_A]
+    wrapped = [
+        n for n, m in unet.named_modules() if hasattr(m, "lora_A") and "photomaker" in m.lora_A
+    ]
     assert len(wrapped) == 70 * 2 * 4  # 70 blocks × attn1/attn2 × q/k/v/out
     assert all(unet.get_submodule(n).scaling["photomaker"] == 1.0 for n in wrapped)  # no alphas
 
@@ -172,7 +188,12 @@ def test_id_encoder_is_a_registered_component(pipe):
     assert components["id_fuse_module"] is pipe.id_fuse_module
     assert "fuse_module" not in dict(pipe.id_encoder.named_children())  # two disjoint modules
     assert pipe.model_cpu_offload_seq.split("->") == [
-        "id_encoder", "text_encoder", "text_encoder_2", "id_fuse_module", "unet", "vae"
+        "id_encoder",
+        "text_encoder",
+        "text_encoder_2",
+        "id_fuse_module",
+        "unet",
+        "vae",
     ]
     assert "to" not in vars(PhotoMakerStableDiffusionXLPipeline)  # diffusers' own .to() does it
 
@@ -195,8 +216,12 @@ def test_model_offload_hooks_the_id_components_and_a_cache_hit_skips_the_encoder
     pipe.enable_model_cpu_offload(device="cpu")
     assert hasattr(pipe.id_encoder, "_hf_hook") and hasattr(pipe.id_fuse_module, "_hf_hook")
     calls = {"encoder": 0, "fuse": 0}
-    pipe.id_encoder.register_forward_pre_hook(lambda *a: calls.__setitem__("encoder", calls["encoder"] + 1))
-    pipe.id_fuse_module.register_forward_pre_hook(lambda *a: calls.__setitem__("fuse", calls["fuse"] + 1))
+    pipe.id_encoder.register_forward_pre_hook(
+        lambda *a: calls.__setitem__("encoder", calls["encoder"] + 1)
+    )
+    pipe.id_fuse_module.register_forward_pre_hook(
+        lambda *a: calls.__setitem__("fuse", calls["fuse"] + 1)
+    )
     np.testing.assert_allclose(run(pipe), expected, atol=1e-5)
     assert calls == {"encoder": 1, "fuse": 1}
     np.testing.assert_allclose(
@@ -222,8 +247,12 @@ def test_defaults_match_the_official_pipeline():
     assert ours["start_merge_step"].default == 10  # the official V2 pipeline's default
     oracle = reference.load_oracle()
     if oracle is None:
-        pytest.skip("the reference implementation is not unpacked in .oracle/ (scripts/test.sh does it)")
-    theirs = inspect.signature(oracle.pipeline.PhotoMakerStableDiffusionXLPipeline.__call__).parameters
+        pytest.skip(
+            "the reference implementation is not unpacked in .oracle/ (scripts/test.sh does it)"
+        )
+    theirs = inspect.signature(
+        oracle.pipeline.PhotoMakerStableDiffusionXLPipeline.__call__
+    ).parameters
     # The V1 package (photomakerv 0.1.0) predates the V2 change of start_merge_step to 10.
     for name, parameter in theirs.items():
         if name in ("self", "start_merge_step", "callback", "callback_steps"):
@@ -238,8 +267,11 @@ def test_sdxl_cfg_cutoff_callback_end_to_end(pipe):
     from diffusers.callbacks import SDXLCFGCutoffCallback
 
     for merge in (1, 3):  # cut-off after, and before, the merge step
-        cut = run(pipe, start_merge_step=merge,
-                  callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=0.5))
+        cut = run(
+            pipe,
+            start_merge_step=merge,
+            callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=0.5),
+        )
         full = run(pipe, start_merge_step=merge)
         assert cut.shape == full.shape and np.isfinite(cut).all()
         assert np.abs(cut - full).max() > 1e-5
@@ -255,11 +287,13 @@ def test_multiple_callbacks_and_the_text_only_tensors(pipe):
         tensor_inputs = ["prompt_embeds", "prompt_embeds_text_only", "latents"]
 
         def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
-            seen.append((
-                step_index,
-                tuple(callback_kwargs["prompt_embeds"].shape),
-                tuple(callback_kwargs["prompt_embeds_text_only"].shape),
-            ))
+            seen.append(
+                (
+                    step_index,
+                    tuple(callback_kwargs["prompt_embeds"].shape),
+                    tuple(callback_kwargs["prompt_embeds_text_only"].shape),
+                )
+            )
             return callback_kwargs
 
     class ZeroTextOnly(PipelineCallback):
@@ -268,7 +302,11 @@ def test_multiple_callbacks_and_the_text_only_tensors(pipe):
         tensor_inputs = ["prompt_embeds_text_only"]
 
         def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
-            return {"prompt_embeds_text_only": torch.zeros_like(callback_kwargs["prompt_embeds_text_only"])}
+            return {
+                "prompt_embeds_text_only": torch.zeros_like(
+                    callback_kwargs["prompt_embeds_text_only"]
+                )
+            }
 
     plain = run(pipe, start_merge_step=2)
     spied = run(pipe, start_merge_step=2, callback_on_step_end=MultiPipelineCallbacks([Spy()]))
