@@ -1,0 +1,128 @@
+"""Loading from settings: the fp16 variant and its fallback, the fp16-safe VAE, memory
+modes (VAE slicing and 512-px tiles), --compile, and the fused style LoRA."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from photomaker.errors import PhotoMakerInputError
+from photomaker.loading import (
+    OFFLOAD_VAE_TILE,
+    build_pipeline,
+    compile_unet,
+    configure_offload_vae,
+    load_base_pipeline,
+    load_fp16_vae,
+)
+from photomaker.settings import Settings
+from photomaker.tiny import build_tiny_components
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory):
+    """A tiny SDXL saved twice: default weights, and an fp16 variant with a marked UNet."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = tmp_path_factory.mktemp("base")
+    pipe = StableDiffusionXLPipeline(**build_tiny_components(0))
+    pipe.save_pretrained(folder / "plain")
+    pipe.save_pretrained(folder / "with-variant")
+    with torch.no_grad():
+        pipe.unet.conv_in.bias.fill_(0.25)  # only the variant files carry this
+    pipe.to(torch.float16).save_pretrained(folder / "with-variant", variant="fp16")
+    return folder
+
+
+def test_fp16_variant_is_used_when_the_repo_has_it(base_folder):
+    settings = Settings(base_model=str(base_folder / "with-variant"), device="cpu", dtype="float16")
+    pipe = load_base_pipeline(settings)
+    assert pipe.unet.dtype == torch.float16
+    assert torch.all(pipe.unet.conv_in.bias == 0.25)
+
+
+def test_without_the_variant_the_default_weights_load(base_folder, caplog):
+    settings = Settings(base_model=str(base_folder / "plain"), device="cpu", dtype="float16")
+    with caplog.at_level(logging.INFO, logger="photomaker.loading"):
+        pipe = load_base_pipeline(settings)
+    assert pipe.unet.dtype == torch.float16
+    assert "no fp16 variant" in caplog.text
+    # fp32 loads never ask for the variant
+    pipe = load_base_pipeline(Settings(base_model=str(base_folder / "with-variant"), device="cpu"))
+    assert pipe.unet.dtype == torch.float32 and not torch.all(pipe.unet.conv_in.bias == 0.25)
+
+
+def test_fp16_safe_vae_replaces_the_vae_and_skips_the_upcast(base_folder, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = build_tiny_components(1)["vae"]
+    vae.save_pretrained(tmp_path / "vae")
+    settings = Settings(
+        base_model=str(base_folder / "plain"), device="cpu", vae_fp16_fix=str(tmp_path / "vae")
+    )
+    pipe = load_base_pipeline(settings)
+    load_fp16_vae(pipe, settings)
+    assert isinstance(pipe.vae, AutoencoderKL) and pipe.components["vae"] is pipe.vae
+    assert pipe.vae.config.force_upcast is False
+    assert torch.equal(pipe.vae.decoder.conv_in.weight, vae.decoder.conv_in.weight)
+
+
+def test_offload_vae_decodes_one_image_at_a_time_in_512_pixel_tiles():
+    from diffusers import AutoencoderKL
+
+    vae = build_tiny_components(0)["vae"]
+    configure_offload_vae(vae)
+    assert vae.use_slicing and vae.use_tiling
+    assert vae.tile_sample_min_size == OFFLOAD_VAE_TILE == 512
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    assert vae.tile_latent_min_size == 512 // scale
+    # On SDXL's real VAE (built empty) the default tile is 1024 px: tiling alone would do nothing.
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        sdxl = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            latent_channels=4,
+            sample_size=1024,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+        )
+    sdxl.enable_tiling()
+    assert sdxl.tile_sample_min_size == 1024
+    configure_offload_vae(sdxl)
+    assert (sdxl.tile_sample_min_size, sdxl.tile_latent_min_size) == (512, 64)
+
+
+def test_tiled_sliced_decode_gives_images_of_the_right_size():
+    vae = build_tiny_components(0)["vae"]
+    configure_offload_vae(vae, tile=32)
+    latents = torch.randn(3, 4, 32, 32)
+    with torch.no_grad():
+        images = vae.decode(latents).sample
+    assert images.shape == (3, 3, 64, 64) and torch.isfinite(images).all()
+
+
+def test_compile_is_refused_on_zerogpu(monkeypatch):
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(PhotoMakerInputError, match="ZeroGPU"):
+        build_pipeline(Settings(tiny=True, compile=True))
+
+
+def test_compile_wraps_the_unet_in_place(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+
+    class Pipe:
+        unet = build_tiny_components(0)["unet"]
+
+    pipe = compile_unet(Pipe(), Settings(tiny=True, compile=True))
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel"  # diffusers still sees a UNet
+    assert pipe.unet._compiled_call_impl is not None
+    assert compile_unet(Pipe(), Settings(tiny=True)).unet is Pipe.unet
+
+
+def test_tiny_mode_fuses_the_photomaker_lora():
+    pipe = build_pipeline(Settings(tiny=True))
+    assert pipe.num_fused_loras == 1
