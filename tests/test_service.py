@@ -179,8 +179,9 @@ def test_v1_needs_no_face_analyzer_and_crop_mode_uses_it():
     analyzer = build_analyzer(Settings(tiny=True, pm_version="v1", crop_faces=True))
     cropping = PhotoMakerService(v1.pipe, analyzer, crop_faces=True, tiny=True)
     small_face = draw_tiny_face(Image.new("RGB", (400, 400), (255, 255, 255)), (50, 50, 130, 150))
-    job, _ = cropping.prepare(request(photos=[small_face]))
-    assert job.id_images[0].size[0] < 300  # cropped around the face
+    job, context = cropping.prepare(request(photos=[small_face]))
+    assert context["photo_sizes"][0][0] < 300  # cropped around the face
+    assert job.id_pixel_values.shape == (1, 3, 224, 224)
     with pytest.raises(PhotoMakerInputError, match="Cropping around faces"):
         cropping.prepare(request(photos=[blank_photo()]))
 
