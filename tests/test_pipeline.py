@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -49,14 +47,11 @@ def generate(pipe, photos, seed=7, **overrides):
     return pipe(**kwargs).images
 
 
-def test_generates_quickly_and_is_deterministic(pipe):
+def test_generates_and_is_deterministic(pipe):
     photos = [photo(1), photo(2)]
-    start = time.perf_counter()
-    first = generate(pipe, photos)
-    elapsed = time.perf_counter() - start
+    first = generate(pipe, photos)  # how fast: bench/, not a test that flakes on a busy machine
     assert first.shape == (1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
     assert np.isfinite(first).all()
-    assert elapsed < 10, f"4 tiny steps took {elapsed:.1f}s"
     np.testing.assert_array_equal(first, generate(pipe, photos))
 
 
