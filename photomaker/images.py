@@ -219,6 +219,18 @@ def _without_paths(text: str, source: ImageSource) -> str:
     return re.sub(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+)+[\\/]([^\s'\"\\/]+)", r"\1", text)
 
 
+def _too_large(
+    name: str, exc: Image.DecompressionBombError, max_megapixels: float | None
+) -> PhotoMakerInputError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+    limit = f"; the limit is {max_megapixels:g} megapixels" if max_megapixels else ""
+    return PhotoMakerInputError(
+        f"{name} is too large to open safely{size}{limit}. Use a smaller photo (a phone photo "
+        "is about 12)."
+    )
+
+
 def _unreadable(name: str, exc: BaseException, source: ImageSource) -> PhotoMakerInputError:
     if isinstance(exc, UnidentifiedImageError):  # its text is only the (server) path
         return PhotoMakerInputError(
@@ -265,11 +277,8 @@ def load_image(
         image = to_rgb(image)
     except PhotoMakerInputError as exc:
         raise PhotoMakerInputError(f"{name} {exc}.") from exc
-    except Image.DecompressionBombError as exc:
-        raise PhotoMakerInputError(
-            f"{name} is too large to open safely ({_without_paths(str(exc), source)}); "
-            "use a smaller photo."
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours
+        raise _too_large(name, exc, max_megapixels) from exc
     except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as exc:
         raise _unreadable(name, exc, source) from exc
     if max_side and max(image.size) > max_side:

@@ -366,3 +366,33 @@ def test_iphone_and_avif_photos(tmp_path, suffix):
     assert image.mode == "RGB" and image.size == (96, 64)
     r, g, b = image.getpixel((40, 30))
     assert r > 180 and g < 60 and b < 60
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """The start of a black RGB PNG of ``width``×``height``: signature, header and the first
+    rows. A 30000² bomb in full would take seconds to write; what is refused is its header."""
+    row = bytes(1 + 3 * width)
+    data = zlib.compress(row * 4)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data))
+    return path
+
+
+def test_png_bomb_over_pillows_own_limit_is_a_clear_message(tmp_path):
+    bomb = _png_header(tmp_path / "bomb.png", 30000, 30000)  # 900 MP, 2.7 GB decoded
+    with pytest.raises(PhotoMakerInputError) as err:
+        load_id_images([bomb])
+    assert str(err.value).startswith("Photo 1: bomb.png is too large to open safely (900 megapix")
+    assert "the limit is 40 megapixels" in str(err.value)
+
+
+@pytest.mark.parametrize("count", [11, 50])
+def test_too_many_photos_are_refused_before_any_is_read(count):
+    unreadable = [b"never read"] * count
+    with pytest.raises(PhotoMakerInputError, match=f"{count} ID photos.*limit is 10"):
+        load_id_images(unreadable, max_photos=10)

@@ -350,6 +350,29 @@ def test_a_job_cancelled_while_waiting_for_the_gpu_leaves_the_queue(service):
     assert isinstance(waiting.error, GenerationCancelled)
 
 
+def test_concurrent_requests_are_served_in_turn_and_never_cross(service):
+    """4 clients × 2 requests at once: every request is answered with its own solo images, and
+    the UNet runs one job's steps at a time."""
+    requests = {f"client{i}": request(seed=100 + i, steps=2) for i in range(4)}
+    solo = {name: pixels(service.generate(r).images) for name, r in requests.items()}
+
+    def client(name):
+        return [pixels(service.generate(requests[name]).images) for _ in range(2)]
+
+    with unet_calls(service.pipe) as calls:
+        clients = [_Job(name, lambda name=name: client(name)) for name in requests]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(300)
+    for c in clients:
+        assert c.error is None, c.error
+        for images in c.result:
+            assert all(np.array_equal(a, b) for a, b in zip(images, solo[c.name], strict=True))
+    assert len(calls) == 8 * 2
+    assert all(len(set(calls[i : i + 2])) == 1 for i in range(0, len(calls), 2))
+
+
 # --------------------------------------------------------------------------- failures
 
 
