@@ -257,15 +257,17 @@ _PEAK_MEMORY = textwrap.dedent(
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         load_id_images([sys.argv[1]], max_megapixels=float(sys.argv[2]))
-    except PhotoMakerInputError:
-        pass
+        outcome = "loaded"
+    except PhotoMakerInputError as exc:
+        outcome = f"refused: {exc}"
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    print(outcome)
     """
 )
 
 
-def _peak_growth_mb(path: Path, max_megapixels: float) -> float:
-    """Growth of a fresh process's peak memory while it loads ``path`` (ru_maxrss, in KiB)."""
+def _load_in_a_fresh_process(path: Path, max_megapixels: float) -> tuple[float, str]:
+    """(growth of the peak memory in MB while loading ``path``, what happened)."""
     out = subprocess.run(
         [sys.executable, "-c", _PEAK_MEMORY, str(path), str(max_megapixels)],
         capture_output=True,
@@ -273,14 +275,18 @@ def _peak_growth_mb(path: Path, max_megapixels: float) -> float:
         check=True,
         cwd=Path(__file__).resolve().parents[1],
     )
-    return int(out.stdout.split()[-1]) / 1024
+    growth_kib, outcome = out.stdout.strip().split("\n", 1)
+    return int(growth_kib) / 1024, outcome
 
 
 def test_pixel_bomb_costs_no_memory(bomb, tmp_path):
-    """Refused: the peak grows by a few MB. The same loader on a 24 MP photo within the limit
-    (72 MB decoded) shows the measurement sees a decode."""
-    assert _peak_growth_mb(bomb, 40) < 30
-    assert _peak_growth_mb(_blank_png(tmp_path / "ok.png", 6000, 4000), 40) > 60
+    """Refused: the peak grows by a few MB (decoding it costs ~1.1 GB). The same loader on a
+    24 MP photo within the limit (72 MB decoded) shows the measurement sees a decode."""
+    growth, outcome = _load_in_a_fresh_process(bomb, 40)
+    assert outcome.startswith("refused: Photo 1: bomb.png is 12000×12000 pixels"), outcome
+    assert growth < 30
+    growth, outcome = _load_in_a_fresh_process(_blank_png(tmp_path / "ok.png", 6000, 4000), 40)
+    assert outcome == "loaded" and growth > 60
 
 
 def test_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
