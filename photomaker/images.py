@@ -3,6 +3,13 @@
 ``load_image`` turns a path, bytes, file object, numpy array or PIL image into an
 upright (EXIF-transposed) RGB PIL image. ``load_id_images`` does that for a list of
 uploads and enforces the count and size limits, naming the photo at fault.
+
+Hostile uploads are stopped before they cost anything: the pixel limit is checked from the
+file header (``Image.open`` reads only the header; pixels are decoded by ``load()``), JPEGs
+are decoded at a reduced scale (``draft``) when the photo is larger than what is kept, and a
+photo whose shorter side would be a sliver is refused before the face detector sees it.
+Messages name a photo by its number and file name, never by a path on the server. HEIC/HEIF
+(iPhone photos) are read through ``pillow-heif``, AVIF by Pillow itself.
 """
 
 from __future__ import annotations
@@ -11,32 +18,64 @@ import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from photomaker.errors import PhotoMakerInputError
 
-__all__ = ["ImageSource", "load_id_images", "load_image", "to_rgb"]
+__all__ = [
+    "DEFAULT_MAX_MEGAPIXELS",
+    "MIN_SIDE",
+    "ImageSource",
+    "load_id_images",
+    "load_image",
+    "to_rgb",
+]
 
 logger = logging.getLogger(__name__)
 
 ImageSource = Any  # str | os.PathLike | bytes | BinaryIO | np.ndarray | PIL.Image.Image
 
+#: Largest photo accepted, in megapixels of what is decoded (``Settings.max_photo_megapixels``).
+DEFAULT_MAX_MEGAPIXELS = 40.0
+#: Shortest side, in pixels after the downscale to ``max_side``, of an ID photo: thinner
+#: slivers crash the face detector and hold no face anyway.
+MIN_SIDE = 32
+FORMATS_HINT = "use a JPEG, PNG, WebP, HEIC or AVIF photo"
+
 _WHITE = (255, 255, 255)
 
 
+def _register_openers() -> None:
+    """HEIC/HEIF through pillow-heif; AVIF by Pillow (>= 11.3), else pillow-heif's opener."""
+    try:
+        import pillow_heif
+    except ImportError:  # an optional extra outside requirements.txt
+        logger.debug("pillow-heif is not installed: HEIC/HEIF photos cannot be read")
+        return
+    pillow_heif.register_heif_opener()
+    if not features.check("avif") and hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
+
+
+_register_openers()
+
+
 def _describe(source: ImageSource) -> str:
+    """How to name a source to its user: a file's name, never the folder it sits in on the
+    server (Gradio keeps uploads under /tmp/gradio/<hash>/)."""
     if isinstance(source, (str, os.PathLike)):
-        return Path(source).name or str(source)
+        return Path(source).name or "the file"
     name = getattr(source, "name", None)
     if isinstance(name, str):
         return Path(name).name
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"{len(source)} bytes"
+        return f"the upload ({len(source)} bytes)"
     if isinstance(source, np.ndarray):
         return f"array {source.shape} {source.dtype}"
     return type(source).__name__
@@ -102,7 +141,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(source: ImageSource, max_side: int | None) -> Image.Image:
+def _open(source: ImageSource) -> Image.Image:
+    """The image, for encoded sources only opened: ``Image.open`` reads the header, so the
+    size can be checked before ``load()`` decodes the pixels."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
@@ -112,53 +153,134 @@ def _open(source: ImageSource, max_side: int | None) -> Image.Image:
         and len(source) == 2
         and isinstance(source[1], (str, type(None)))
     ):
-        return _open(source[0], max_side)  # a Gradio gallery item: (image, caption)
+        return _open(source[0])  # a Gradio gallery item: (image, caption)
     if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise PhotoMakerInputError("is empty; upload the photo again")
         stream: Any = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+            raise PhotoMakerInputError("was not found (it may have been removed); upload it again")
+        if path.stat().st_size == 0:
+            raise PhotoMakerInputError("is empty (0 bytes); upload the photo again")
         stream = path
     elif hasattr(source, "read"):
         stream = source
     else:
         raise TypeError(f"cannot read an image from a {type(source).__name__}")
-    image = Image.open(stream)
-    if max_side and image.format == "JPEG":
-        image.draft("RGB", (max_side, max_side))  # decode huge JPEGs at a reduced scale
-    image.load()
-    return image
+    return Image.open(stream)
 
 
-def load_image(source: ImageSource, max_side: int | None = None) -> Image.Image:
+def _scaled_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` after the downscale that keeps the longer side at most ``max_side``."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_pixels(
+    decoded: tuple[int, int], max_megapixels: float | None, header: tuple[int, int]
+) -> None:
+    """Refuse more than ``max_megapixels`` to decode; the message gives the photo's own size."""
+    if max_megapixels is None or decoded[0] * decoded[1] <= max_megapixels * 1_000_000:
+        return
+    width, height = header
+    raise PhotoMakerInputError(
+        f"is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels); the limit is "
+        f"{max_megapixels:g} megapixels. Use a smaller photo (a phone photo is about 12)"
+    )
+
+
+def _check_sides(size: tuple[int, int], max_side: int | None, min_side: int | None) -> None:
+    scaled = _scaled_size(size, max_side)
+    if not min_side or min(scaled) >= min_side:
+        return
+    width, height = size
+    after = f" (once scaled to {scaled[0]}×{scaled[1]})" if scaled != size else ""
+    raise PhotoMakerInputError(
+        f"is {width}×{height} pixels{after}: too thin to hold a face; its shorter side must be "
+        f"at least {min_side} pixels. Use a photo of the person, not a strip or a banner"
+    )
+
+
+def _reduce_jpeg(image: Image.Image, max_side: int | None) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still gives the kept size."""
+    if max_side and image.format == "JPEG" and max(image.size) > max_side:
+        image.draft("RGB", _scaled_size(image.size, max_side))
+
+
+def _without_paths(text: str, source: ImageSource) -> str:
+    """Pillow's messages quote the file's path; keep only its name."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        for spelling in {str(source), str(path), str(path.resolve())}:
+            text = text.replace(spelling, path.name)
+    return re.sub(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/]+)+[\\/]([^\s'\"\\/]+)", r"\1", text)
+
+
+def _too_large(
+    name: str, exc: Image.DecompressionBombError, max_megapixels: float | None
+) -> PhotoMakerInputError:
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+    limit = f"; the limit is {max_megapixels:g} megapixels" if max_megapixels else ""
+    return PhotoMakerInputError(
+        f"{name} is too large to open safely{size}{limit}. Use a smaller photo (a phone photo "
+        "is about 12)."
+    )
+
+
+def _unreadable(name: str, exc: BaseException, source: ImageSource) -> PhotoMakerInputError:
+    if isinstance(exc, UnidentifiedImageError):  # its text is only the (server) path
+        return PhotoMakerInputError(
+            f"{name} is not an image, or not in a format we read; {FORMATS_HINT}."
+        )
+    reason = _without_paths(str(exc), source) or type(exc).__name__
+    return PhotoMakerInputError(f"{name} is not an image we can read ({reason}); {FORMATS_HINT}.")
+
+
+def load_image(
+    source: ImageSource,
+    max_side: int | None = None,
+    *,
+    max_megapixels: float | None = None,
+    min_side: int | None = None,
+) -> Image.Image:
     """Read one image as an upright RGB PIL image.
 
     ``source``: a path (``str``/``PathLike``), encoded bytes, a binary file object, a
     numpy array (H×W, H×W×3, H×W×4; uint8, uint16, bool or float in 0–1/0–255) or a PIL
-    image of any mode (L, P, RGBA, LA, I;16, I, F, CMYK, …). The EXIF orientation is
-    applied; an animated image gives its first frame. With ``max_side`` the result is
-    downscaled (aspect kept) so its longer side is at most ``max_side``.
+    image of any mode (L, P, RGBA, LA, I;16, I, F, CMYK, …), in any format Pillow reads,
+    HEIC/HEIF and AVIF included. The EXIF orientation is applied; an animated image gives
+    its first frame. With ``max_side`` the result is downscaled (aspect kept) so its longer
+    side is at most ``max_side``, and a large JPEG is decoded at a reduced scale.
 
-    Raises :class:`PhotoMakerInputError` when the source is not a readable image.
+    ``max_megapixels`` refuses an image with more pixels than that to decode — read from the
+    header, before any decoding (for a JPEG, after the reduced scale is chosen). ``min_side``
+    refuses an image whose shorter side, after the downscale, is below it.
+
+    Raises :class:`PhotoMakerInputError` naming the file (never its folder) when the source
+    is not a readable image or is outside those limits.
     """
+    name = _describe(source)
     try:
-        image = _open(source, max_side)
+        image = _open(source)
+        header_size = image.size
+        _check_sides(header_size, max_side, min_side)
+        _reduce_jpeg(image, max_side)
+        _check_pixels(image.size, max_megapixels, header_size)
+        image.load()
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
-    except PhotoMakerInputError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise PhotoMakerInputError(
-            f"{_describe(source)} is too large to open safely ({exc}); use a smaller photo."
-        ) from exc
+    except PhotoMakerInputError as exc:
+        raise PhotoMakerInputError(f"{name} {exc}.") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours
+        raise _too_large(name, exc, max_megapixels) from exc
     except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError) as exc:
-        raise PhotoMakerInputError(
-            f"{_describe(source)} is not an image we can read ({exc}); "
-            "use a JPEG, PNG or WebP photo."
-        ) from exc
+        raise _unreadable(name, exc, source) from exc
     if max_side and max(image.size) > max_side:
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -171,12 +293,16 @@ def load_id_images(
     sources: Iterable[ImageSource] | ImageSource | None,
     max_photos: int = 10,
     max_side: int = 2048,
+    *,
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+    min_side: int | None = MIN_SIDE,
 ) -> list[Image.Image]:
     """Load the ID photos of one person: a list of upright RGB images, longer side ≤ ``max_side``.
 
     Raises :class:`PhotoMakerInputError` with a message naming the photo (its number,
-    1-based, and file name) when one cannot be read, when there are none, or more than
-    ``max_photos``.
+    1-based, and file name) when one cannot be read, has more than ``max_megapixels`` to
+    decode, is thinner than ``min_side`` once downscaled, when there are none, or more than
+    ``max_photos`` (see :func:`load_image`).
     """
     if sources is None:
         items: list[ImageSource] = []
@@ -197,7 +323,9 @@ def load_id_images(
     images = []
     for number, source in enumerate(items, start=1):
         try:
-            image = load_image(source, max_side=max_side)
+            image = load_image(
+                source, max_side=max_side, max_megapixels=max_megapixels, min_side=min_side
+            )
         except PhotoMakerInputError as exc:
             raise PhotoMakerInputError(f"Photo {number}: {exc}") from exc
         logger.debug("photo %d (%s): %dx%d", number, _describe(source), *image.size)

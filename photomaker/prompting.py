@@ -7,6 +7,17 @@ token per photo, V2: 2) — so that the fuse module can replace each copy with o
 embedding. Everything here works on token ids from a real CLIP tokenizer and raises
 :class:`~photomaker.errors.PhotoMakerInputError` with a message that says what to change, so
 the app can check a prompt before any GPU time is spent.
+
+The trigger word is a **whole word in any case** ("a woman img", "a woman IMG,"), never part of
+a word ("imgur", "womanimg"). The tokenizers cannot be trusted with that on their own: the
+trigger is an *added* token, which the tokenizer matches case-sensitively anywhere in the text,
+inside words too. So the prompt is split at the whole-word trigger matches here, each match
+becomes the trigger token, and the text between them is encoded as ordinary text
+(:func:`ordinary_text`: the tokenizer's lower-casing makes "IMGur" read exactly as "imgur",
+while the added token "img" can no longer match inside it). Text that must never carry the
+trigger token — the negative prompt, the text-only prompt of the first steps — goes through
+:func:`ordinary_text` too: a trigger word there is read as the ordinary word, not refused, and
+can no longer reach the text encoder as an id it has no embedding for.
 """
 
 from __future__ import annotations
@@ -21,9 +32,13 @@ from photomaker.errors import PhotoMakerInputError
 __all__ = [
     "ExpandedPrompt",
     "PromptCheck",
-    "expand_class_tokens",
     "check_prompt",
+    "expand_class_tokens",
+    "expand_prompt",
+    "ordinary_text",
+    "prompt_token_ids",
     "text_only_prompt",
+    "trigger_spans",
 ]
 
 DEFAULT_TRIGGER_WORD = "img"
@@ -73,7 +88,104 @@ class PromptCheck:
 
 
 def _trigger_hint(trigger_word: str) -> str:
-    return f"add '{trigger_word}' right after the class word, e.g. 'a photo of a woman {trigger_word}'"
+    return (
+        f"add '{trigger_word}' right after the class word, e.g. 'a photo of a woman {trigger_word}'"
+    )
+
+
+# --------------------------------------------------------------------------- the trigger in text
+
+
+def _trigger_pattern(trigger_word: str, whole_word: bool) -> re.Pattern[str]:
+    word = re.escape(trigger_word)
+    return re.compile(rf"(?<!\w){word}(?!\w)" if whole_word else word, re.IGNORECASE)
+
+
+def trigger_spans(text: str, trigger_word: str) -> list[tuple[int, int]]:
+    """Where ``trigger_word`` stands in ``text`` as a whole word, in any case.
+
+    A word is letters, digits and underscores, as in the style templates' check: "img," and
+    "(IMG)" are the trigger, "imgur", "womanimg" and "img_2" are not."""
+    return [m.span() for m in _trigger_pattern(trigger_word, whole_word=True).finditer(text)]
+
+
+def _words_containing(text: str, trigger_word: str) -> list[str]:
+    """The words of ``text`` that contain the trigger word without being it ("imgur")."""
+    words = re.findall(r"\w+", text)
+    needle = trigger_word.lower()
+    return [w for w in words if needle in w.lower() and w.lower() != needle]
+
+
+def _swap_case(text: str, trigger_word: str) -> str:
+    """Every exact occurrence of the trigger word, inside words too, with its case swapped
+    ("imgur" → "IMGur"): the tokenizer's added token, which matches its exact text, no longer
+    matches, while a lower-casing tokenizer (CLIP) reads the very same ordinary word."""
+    return text.replace(trigger_word, trigger_word.swapcase())
+
+
+def _ordinary_ids(tokenizer: Tokenizer, text: str, trigger_word: str, trigger_id: int) -> list[int]:
+    """Token ids of ``text`` read as ordinary words: never the trigger token."""
+    if not text:
+        return []
+    if trigger_word.lower() not in text.lower():
+        return tokenizer.encode(text, add_special_tokens=False)
+    ids = tokenizer.encode(_swap_case(text, trigger_word), add_special_tokens=False)
+    if trigger_id in ids:  # a tokenizer that matches the added token in any case
+        raise PhotoMakerInputError(
+            f"The text contains the trigger word '{trigger_word}' where it cannot be used "
+            f"({', '.join(_words_containing(text, trigger_word)) or trigger_word}): "
+            f"remove it, or put it only right after the class word of the prompt."
+        )
+    return ids
+
+
+def ordinary_text(tokenizer: Tokenizer, text: str, trigger_word: str) -> str:
+    """``text`` rewritten so the tokenizer reads any trigger word in it as an ordinary word.
+
+    For text that must never carry the trigger token: the negative prompt ("bad img quality",
+    "imgur watermark") and the text-only prompt of the first steps. With CLIP's tokenizers the
+    ids are those of the same text without the added token ("img" → the ordinary "img</w>").
+    Raises :class:`PhotoMakerInputError` only for a tokenizer that would still read the
+    trigger token (none of SDXL's do).
+    """
+    if not text or trigger_word.lower() not in text.lower():
+        return text
+    swapped = _swap_case(text, trigger_word)
+    _ordinary_ids(tokenizer, text, trigger_word, tokenizer.convert_tokens_to_ids(trigger_word))
+    return swapped
+
+
+def prompt_token_ids(
+    tokenizer: Tokenizer, prompt: str, trigger_word: str, add_special_tokens: bool = True
+) -> list[int]:
+    """The prompt's token ids, with the trigger token exactly where the trigger word stands as a
+    whole word (any case) and ordinary ids everywhere else (see the module docstring)."""
+    trigger_id = tokenizer.convert_tokens_to_ids(trigger_word)
+    ids: list[int] = []
+    start = 0
+    for begin, end in trigger_spans(prompt, trigger_word):
+        ids += _ordinary_ids(tokenizer, prompt[start:begin], trigger_word, trigger_id)
+        ids.append(trigger_id)
+        start = end
+    ids += _ordinary_ids(tokenizer, prompt[start:], trigger_word, trigger_id)
+    if not add_special_tokens:
+        return ids
+    bos, *eos = tokenizer.encode("")  # CLIP: [BOS, EOS]
+    return [bos, *ids, *eos]
+
+
+def _no_trigger_message(prompt: str, trigger_word: str) -> str:
+    inside = _words_containing(prompt, trigger_word)
+    if inside:
+        return (
+            f"The prompt has no trigger word '{trigger_word}' as a whole word ('{inside[0]}' "
+            f"only contains it): the trigger word must be a word of its own (any case); "
+            f"{_trigger_hint(trigger_word)}."
+        )
+    return (
+        f"The prompt has no trigger word '{trigger_word}' (a whole word, any case): "
+        f"{_trigger_hint(trigger_word)}."
+    )
 
 
 def expand_class_tokens(
@@ -95,7 +207,8 @@ def expand_class_tokens(
     positions = [i for i, t in enumerate(token_ids) if t == trigger_token_id]
     if not positions:
         raise PhotoMakerInputError(
-            f"The prompt has no trigger word '{trigger_word}': {_trigger_hint(trigger_word)}."
+            f"The prompt has no trigger word '{trigger_word}' (a whole word, any case): "
+            f"{_trigger_hint(trigger_word)}."
         )
     if len(positions) > 1:
         raise PhotoMakerInputError(
@@ -142,8 +255,10 @@ def expand_prompt(
     tokenizer: Tokenizer, prompt: str, trigger_word: str, num_class_tokens: int
 ) -> ExpandedPrompt:
     """Tokenize ``prompt`` and expand its class word (see :func:`expand_class_tokens`)."""
+    if not trigger_spans(prompt, trigger_word):
+        raise PhotoMakerInputError(_no_trigger_message(prompt, trigger_word))
     return expand_class_tokens(
-        tokenizer.encode(prompt),
+        prompt_token_ids(tokenizer, prompt, trigger_word),
         trigger_token_id=tokenizer.convert_tokens_to_ids(trigger_word),
         num_class_tokens=num_class_tokens,
         max_length=tokenizer.model_max_length,
@@ -157,13 +272,15 @@ def text_only_prompt(tokenizer: Tokenizer, prompt: str, trigger_word: str) -> st
     """The prompt without its trigger word, decoded from token ids as the reference does.
 
     Decoding normalises the text the way the tokenizer sees it (lower case, spaces around
-    punctuation): "a photo of a woman wearing a red hat , detailed".
+    punctuation): "a photo of a woman wearing a red hat , detailed". The result is
+    :func:`ordinary_text`, ready for the pipeline's own ``encode_prompt``: a word such as
+    "imgur" left in it is read as the ordinary word there too, as in the expanded prompt.
     """
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    ids = prompt_token_ids(tokenizer, prompt, trigger_word, add_special_tokens=False)
     trigger_id = tokenizer.convert_tokens_to_ids(trigger_word)
     if trigger_id in ids:
         ids.remove(trigger_id)
-    return tokenizer.decode(ids)
+    return ordinary_text(tokenizer, tokenizer.decode(ids), trigger_word)
 
 
 def check_prompt(
@@ -191,7 +308,10 @@ def check_prompt(
         num_class_tokens=num_id_images * tokens_per_image,
         num_tokens=min(
             tokenizer.model_max_length,
-            len(tokenizer.encode(prompt)) - 1 + num_id_images * tokens_per_image - 1,
+            len(prompt_token_ids(tokenizer, prompt, trigger_word))
+            - 1
+            + num_id_images * tokens_per_image
+            - 1,
         ),
         max_length=tokenizer.model_max_length,
         num_truncated=expanded.num_truncated,

@@ -13,19 +13,30 @@ get wrong is checked here, in this order, before any GPU work, and raised as
 
 Generation itself is split in two so the app can put only the second half on the GPU
 (``spaces.GPU`` on ZeroGPU): :meth:`PhotoMakerService.prepare` does all of the above on the
-CPU and returns a picklable :class:`GenerationJob`; :meth:`PhotoMakerService.run_job`
-encodes the ID photos (or reuses the cached encoding) and denoises.
+CPU, CLIP preprocessing of the photos included, and returns a small picklable
+:class:`GenerationJob` (tensors, no photos; nothing of the photos at all when their encoding
+is cached); :meth:`PhotoMakerService.run_job` encodes the ID photos (or reuses the cached
+encoding) and denoises.
+
+The GPU part is entered by one job at a time (:data:`GPU_LOCK`), whatever the caller's
+concurrency, and can be cancelled between steps (``cancel=threading.Event()``). What fails in
+it reaches the user as :class:`~photomaker.errors.PhotoMakerServerError` — out of memory with
+what to change, anything else with an error id that is in the log beside the traceback —
+never as a traceback, and the server serves the next request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import math
 import secrets
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +44,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import PhotoMakerInputError
-from .images import image_digest
+from .errors import (
+    GenerationCancelled,
+    PhotoMakerError,
+    PhotoMakerInputError,
+    PhotoMakerServerError,
+)
+from .images import DEFAULT_MAX_MEGAPIXELS, image_digest
+from .prompting import ordinary_text
 from .styles import DEFAULT_STYLE, StyleBook, default_styles
 
 logger = logging.getLogger(__name__)
@@ -42,6 +59,15 @@ logger = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
 MAX_MERGE_STEP = 30
 CROP_MARGIN = 0.5
+#: Longest prompt and negative prompt accepted, in characters. Only 77 tokens (about 300
+#: characters) reach the model; the cap keeps a megabyte of text from being tokenized.
+MAX_PROMPT_CHARS = 2000
+MAX_NEGATIVE_PROMPT_CHARS = 2000
+#: How much of a prompt goes into the log.
+LOG_PROMPT_CHARS = 120
+
+#: Held while a job runs on the GPU: one pipeline, one job at a time, in this process.
+GPU_LOCK = threading.Lock()
 
 #: Aspect-ratio presets: name -> (width, height), SDXL's trained resolutions.
 ASPECT_RATIOS: dict[str, tuple[int, int]] = {
@@ -134,11 +160,17 @@ class PhotoAnalysis:
 
 @dataclass
 class GenerationJob:
-    """Everything the GPU part needs; plain data, so it can cross to a ZeroGPU worker."""
+    """Everything the GPU part needs; plain data, so it can cross to a ZeroGPU worker.
+
+    The photos travel as the ID encoder's input, ``id_pixel_values`` (CLIP-preprocessed on
+    the CPU, ``[N, 3, 224, 224]`` float32: 0.6 MB a photo), with their ArcFace ``id_embeds``
+    (V2). On an ID-cache hit both are ``None`` and ``id_image_embeds`` carries the encoding.
+    ``negative_prompt`` is already :func:`~photomaker.prompting.ordinary_text`.
+    """
 
     prompt: str
     negative_prompt: str
-    id_images: list[Image.Image]
+    id_pixel_values: torch.Tensor | None
     id_embeds: np.ndarray | None
     id_image_embeds: torch.Tensor | None
     cache_key: str
@@ -207,6 +239,44 @@ def _no_face_message(missing: list[Any], total: int, pm_version: str) -> str:
     )
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: messages and logs never echo a megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def log_head(text: str, limit: int = LOG_PROMPT_CHARS) -> str:
+    """The head of a prompt for the log, saying how much was left out."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… (+{len(text) - limit} characters)"
+
+
+def _check_text(label: str, value: Any, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PhotoMakerInputError(f"The {label} must be text, not {type(value).__name__}.")
+    if len(value) > limit:
+        raise PhotoMakerInputError(
+            f"The {label} is {len(value):,} characters long; the limit is {limit:,}. Shorten it: "
+            "only its first 77 tokens (about 300 characters) reach the model anyway."
+        )
+    return value
+
+
+def merge_warning(start_merge_step: int, steps: int, style_strength: float) -> str | None:
+    """A warning when the identity is never merged in: steps ``0..start_merge_step`` see the
+    text only, so a merge step at the last step leaves no step for the ID embedding."""
+    if start_merge_step < steps - 1:
+        return None
+    return (
+        f"With style strength {style_strength:g}% and {steps} step(s) the person's identity is "
+        f"never merged in (merge step {start_merge_step} is the last step), so the pictures "
+        "will not look like them: lower the style strength or use more steps."
+    )
+
+
 def _number(name: str, value: Any, integer: bool) -> float | int:
     low, high = LIMITS[name]
     label = name.replace("_", " ")
@@ -214,15 +284,17 @@ def _number(name: str, value: Any, integer: bool) -> float | int:
         raise PhotoMakerInputError(f"{label} must be a number between {low} and {high}.")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PhotoMakerInputError(
-            f"{label} must be a number between {low} and {high} (got {value!r})."
+            f"{label} must be a number between {low} and {high} (got {_short(value)})."
         ) from None
     if not math.isfinite(number) or not low <= number <= high:
-        raise PhotoMakerInputError(f"{label} must be between {low} and {high} (got {value!r}).")
+        raise PhotoMakerInputError(
+            f"{label} must be between {low} and {high} (got {_short(value)})."
+        )
     if integer:
         if number != int(number):
-            raise PhotoMakerInputError(f"{label} must be a whole number (got {value!r}).")
+            raise PhotoMakerInputError(f"{label} must be a whole number (got {_short(value)}).")
         return int(number)
     return number
 
@@ -235,7 +307,8 @@ def check_request(
     trigger_word: str = "img",
 ) -> dict[str, Any]:
     """The checks that need no model: numbers in range, a known style and aspect ratio, a
-    prompt. Returns the normalized values, the seed to use, the size and the styled prompts."""
+    prompt of at most :data:`MAX_PROMPT_CHARS` (negative: :data:`MAX_NEGATIVE_PROMPT_CHARS`).
+    Returns the normalized values, the seed to use, the size and the styled prompts."""
     styles = styles or default_styles()
     values = {
         "steps": _number("steps", request.steps, integer=True),
@@ -247,29 +320,84 @@ def check_request(
         values["seed"] = secrets.randbelow(MAX_SEED + 1)
     else:
         values["seed"] = _number("seed", request.seed, integer=True)
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
+    user_prompt = _check_text("prompt", request.prompt, MAX_PROMPT_CHARS)
+    if not user_prompt.strip():
         raise PhotoMakerInputError(
             "The prompt is empty: describe the picture and put the trigger word right after "
             f"the class word, e.g. 'a photo of a woman {trigger_word} in a garden'."
         )
+    negative = _check_text("negative prompt", request.negative_prompt, MAX_NEGATIVE_PROMPT_CHARS)
     style = request.style or None
+    if style is not None and (not isinstance(style, str) or len(style) > 200):
+        raise PhotoMakerInputError(
+            f"Unknown style {_short(style)}. Choose one of: {', '.join(styles.names)}."
+        )
     if style is not None and style not in styles:
         styles[style]  # raises the message listing the styles
     values["style"] = style or "(No style)"
     values["width"], values["height"] = size_for(request.aspect_ratio, tiny=tiny)
-    prompt, negative = styles.apply(style, request.prompt, request.negative_prompt or "")
+    prompt, negative = styles.apply(style, user_prompt, negative)
     values["prompt"], values["negative_prompt"] = prompt, negative
     return values
 
 
 def size_for(aspect_ratio: str, tiny: bool = False) -> tuple[int, int]:
     """(width, height) of a preset; scaled down for the tiny models."""
-    if aspect_ratio not in ASPECT_RATIOS:
+    if not isinstance(aspect_ratio, str) or aspect_ratio not in ASPECT_RATIOS:
         raise PhotoMakerInputError(
-            f"Unknown aspect ratio {aspect_ratio!r}. Choose one of: {', '.join(ASPECT_RATIOS)}."
+            f"Unknown aspect ratio {_short(aspect_ratio)}. Choose one of: "
+            f"{', '.join(ASPECT_RATIOS)}."
         )
     width, height = ASPECT_RATIOS[aspect_ratio]
     return tiny_size(width, height) if tiny else (width, height)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or a RuntimeError saying so (older torch, MPS, cuDNN)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def free_memory() -> None:
+    """Give back what a failed job held: Python garbage, then the CUDA cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def gpu_turn(cancel: threading.Event | None = None, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold :data:`GPU_LOCK` for one job. A job cancelled while it waits leaves the queue at
+    once, without ever entering the pipeline."""
+    if cancel is None:
+        GPU_LOCK.acquire()
+    else:
+        while not GPU_LOCK.acquire(timeout=poll_s):
+            if cancel.is_set():
+                raise GenerationCancelled("The generation was cancelled before it started.")
+    try:
+        yield
+    finally:
+        GPU_LOCK.release()
+
+
+def _raise_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("The generation was cancelled.")
+
+
+def _interrupt_when_set(cancel: threading.Event) -> Callable[..., dict]:
+    """A ``callback_on_step_end`` that stops the denoising loop once ``cancel`` is set, by
+    diffusers' own interrupt flag (the loop skips the remaining steps)."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        if cancel.is_set():
+            pipe._interrupt = True
+        return callback_kwargs
+
+    return on_step_end
 
 
 class PhotoMakerService:
@@ -284,6 +412,7 @@ class PhotoMakerService:
         crop_faces: bool = False,
         skip_faceless_photos: bool = False,
         max_photos: int = 10,
+        max_photo_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         tiny: bool = False,
         id_cache_size: int = 8,
     ) -> None:
@@ -293,9 +422,11 @@ class PhotoMakerService:
         self.crop_faces = crop_faces
         self.skip_faceless_photos = skip_faceless_photos
         self.max_photos = max_photos
+        self.max_photo_megapixels = max_photo_megapixels
         self.tiny = tiny
         self.id_cache_size = id_cache_size
         self._id_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_lock = threading.Lock()  # prepare() and generate() run in many threads
         self.cache_hits = 0
         if self.needs_faces and analyzer is None:
             raise ValueError(
@@ -338,7 +469,9 @@ class PhotoMakerService:
                 "No photos: upload one or more photos of the person (up to "
                 f"{self.max_photos}; more photos from different angles give a better likeness)."
             )
-        return load_id_images(list(photos), max_photos=self.max_photos)
+        return load_id_images(
+            list(photos), max_photos=self.max_photos, max_megapixels=self.max_photo_megapixels
+        )
 
     def analyze_photos(self, photos: Sequence[Any] | None) -> PhotoAnalysis:
         """Load the photos and, where faces matter (V2, cropping), report on each one.
@@ -362,6 +495,21 @@ class PhotoMakerService:
         check = self.pipe.check_prompt(prompt, num_photos)
         warning = getattr(check, "warning", None)
         return [warning] if warning else []
+
+    def ordinary_negative(self, negative_prompt: str) -> str:
+        """The negative prompt as both tokenizers must read it: a trigger word in it ("bad img
+        quality", "imgur watermark") is encoded as the ordinary word, never as the trigger
+        token, which has no embedding in the text encoders (an index error inside the GPU
+        part before this). Chosen over refusing: the word means what it says there."""
+        for name in ("tokenizer", "tokenizer_2"):
+            tokenizer = getattr(self.pipe, name, None)
+            if tokenizer is not None:
+                negative_prompt = ordinary_text(tokenizer, negative_prompt, self.trigger_word)
+        return negative_prompt
+
+    def preprocess_photos(self, images: list[Image.Image]) -> torch.Tensor:
+        """The ID encoder's input, made on the CPU: ``[N, 3, 224, 224]`` float32 pixels."""
+        return self.pipe.id_image_processor(images, return_tensors="pt").pixel_values
 
     def prepare(self, request: GenerationRequest) -> tuple[GenerationJob, dict[str, Any]]:
         """Validate everything and build the job; raises PhotoMakerInputError."""
@@ -392,15 +540,20 @@ class PhotoMakerService:
                 messages += self.check_prompt(values["prompt"], len(images))
         t_faces = time.perf_counter()
 
+        start_merge_step = merge_step(values["style_strength"], values["steps"])
+        warning = merge_warning(start_merge_step, values["steps"], values["style_strength"])
+        messages += [warning] if warning else []
         cache_key = self._cache_key(images)
+        with self._cache_lock:
+            cached = self._id_cache.get(cache_key)
         job = GenerationJob(
             prompt=values["prompt"],
-            negative_prompt=values["negative_prompt"],
-            id_images=images,
-            id_embeds=id_embeds,
-            id_image_embeds=self._id_cache.get(cache_key),
+            negative_prompt=self.ordinary_negative(values["negative_prompt"]),
+            id_pixel_values=None if cached is not None else self.preprocess_photos(images),
+            id_embeds=None if cached is not None else id_embeds,
+            id_image_embeds=cached,
             cache_key=cache_key,
-            start_merge_step=merge_step(values["style_strength"], values["steps"]),
+            start_merge_step=start_merge_step,
             steps=values["steps"],
             guidance_scale=values["guidance_scale"],
             num_outputs=values["num_outputs"],
@@ -411,9 +564,15 @@ class PhotoMakerService:
         context = {
             "style": values["style"],
             "style_strength": values["style_strength"],
+            "negative_prompt": values["negative_prompt"],
             "reports": reports,
+            "photo_sizes": [image.size for image in images],
             "messages": list(dict.fromkeys(messages)),
-            "timings": {"load": t_load - t0, "faces": t_faces - t_load},
+            "timings": {
+                "load": t_load - t0,
+                "faces": t_faces - t_load,
+                "preprocess": time.perf_counter() - t_faces,
+            },
         }
         return job, context
 
@@ -422,6 +581,18 @@ class PhotoMakerService:
         for image in images:
             h.update(image_digest(image).encode())
         return h.hexdigest()
+
+    def _remember(self, job: GenerationJob, output: JobOutput) -> None:
+        """Keep the job's ID encoding (least recently used out) and count a reuse."""
+        with self._cache_lock:
+            if job.id_image_embeds is not None:
+                self.cache_hits += 1
+            elif output.id_image_embeds is not None:
+                self._id_cache[job.cache_key] = output.id_image_embeds
+                while len(self._id_cache) > self.id_cache_size:
+                    self._id_cache.popitem(last=False)
+            if job.cache_key in self._id_cache:
+                self._id_cache.move_to_end(job.cache_key)
 
     # -- the GPU part -------------------------------------------------------------------
 
@@ -432,31 +603,87 @@ class PhotoMakerService:
         device = torch.device(device)
         return "cpu" if device.type == "mps" else str(device)
 
-    def run_job(self, job: GenerationJob) -> JobOutput:
-        """Encode the ID photos (unless cached) and denoise. Same job -> same images."""
+    @contextlib.contextmanager
+    def server_errors(self, stage: str) -> Iterator[None]:
+        """Turn what fails in ``stage`` into a :class:`PhotoMakerServerError` for the user.
+
+        :class:`PhotoMakerError` (input errors, cancellations) passes unchanged. Out of
+        memory: a message that says what to change, and the memory is given back so the
+        next request is served. Anything else: an honest message with an error id, logged
+        with its traceback under the same id."""
+        try:
+            yield
+        except PhotoMakerError:
+            raise
+        except Exception as exc:
+            raise self._server_error(exc, stage) from exc
+
+    def _server_error(self, exc: Exception, stage: str) -> PhotoMakerServerError:
+        error_id = secrets.token_hex(4)
+        if is_out_of_memory(exc):
+            logger.warning("out of memory while %s [error %s]: %s", stage, error_id, exc)
+            message = (
+                f"The GPU ran out of memory while {stage} (error {error_id}). Try fewer images, "
+                "a smaller size, or start the server with --memory model-offload."
+            )
+        else:
+            logger.error("unexpected error while %s [error %s]", stage, error_id, exc_info=exc)
+            message = (
+                f"Something went wrong on the server while {stage} (error {error_id}). Please "
+                "try again; if it happens again, report this error id."
+            )
+        self._release_memory()
+        return PhotoMakerServerError(message, error_id)
+
+    def _release_memory(self) -> None:
+        """Offloaded models back to the CPU, then Python's and CUDA's caches."""
+        with contextlib.suppress(Exception):  # best effort: the error is being reported anyway
+            free_hooks = getattr(self.pipe, "maybe_free_model_hooks", None)
+            if free_hooks is not None:
+                free_hooks()
+        free_memory()
+
+    def run_job(self, job: GenerationJob, cancel: threading.Event | None = None) -> JobOutput:
+        """Encode the ID photos (unless cached) and denoise. Same job -> same images.
+
+        One job at a time (:data:`GPU_LOCK`). With ``cancel`` set (from any thread), a job
+        still waiting leaves at once and a running one stops after its current step; both
+        raise :class:`GenerationCancelled`. Failures are :class:`PhotoMakerServerError`."""
+        with gpu_turn(cancel):
+            _raise_if_cancelled(cancel)
+            return self._run_locked(job, cancel)
+
+    def _run_locked(self, job: GenerationJob, cancel: threading.Event | None) -> JobOutput:
         pipe = self.pipe
         t0 = time.perf_counter()
-        id_embeds = torch.from_numpy(job.id_embeds) if job.id_embeds is not None else None
         id_image_embeds = job.id_image_embeds
         if id_image_embeds is None:
-            id_image_embeds = pipe.encode_id_images(job.id_images, id_embeds=id_embeds)
+            if job.id_pixel_values is None:
+                raise ValueError("a job needs id_pixel_values or id_image_embeds")
+            id_embeds = torch.from_numpy(job.id_embeds) if job.id_embeds is not None else None
+            with self.server_errors("encoding the ID photos"):
+                id_image_embeds = pipe.encode_id_images(
+                    list(job.id_pixel_values), id_embeds=id_embeds
+                )
+        _raise_if_cancelled(cancel)
         t1 = time.perf_counter()
         generator = torch.Generator(device=self.generator_device()).manual_seed(job.seed)
-        output = pipe(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt or None,
-            input_id_images=job.id_images,
-            id_embeds=id_embeds,
-            id_image_embeds=id_image_embeds,
-            start_merge_step=job.start_merge_step,
-            num_inference_steps=job.steps,
-            guidance_scale=job.guidance_scale,
-            num_images_per_prompt=job.num_outputs,
-            height=job.height,
-            width=job.width,
-            generator=generator,
-            output_type="pil",
-        )
+        with self.server_errors("generating the images"):
+            output = pipe(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt or None,
+                id_image_embeds=id_image_embeds,
+                start_merge_step=job.start_merge_step,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                num_images_per_prompt=job.num_outputs,
+                height=job.height,
+                width=job.width,
+                generator=generator,
+                output_type="pil",
+                callback_on_step_end=_interrupt_when_set(cancel) if cancel is not None else None,
+            )
+        _raise_if_cancelled(cancel)  # interrupted: the images are unfinished, none are shown
         t2 = time.perf_counter()
         embeds = id_image_embeds.detach().to("cpu") if torch.is_tensor(id_image_embeds) else None
         return JobOutput(list(output.images), embeds, {"encode": t1 - t0, "denoise": t2 - t1})
@@ -472,20 +699,42 @@ class PhotoMakerService:
     def generate(
         self,
         request: GenerationRequest,
-        run_job: Callable[[GenerationJob], JobOutput] | None = None,
+        run_job: Callable[..., JobOutput] | None = None,
+        cancel: threading.Event | None = None,
     ) -> GenerationResult:
-        """Validate, prepare, run (``run_job``, default :meth:`run_job`), cache the encoding."""
+        """Validate, prepare, run, cache the ID encoding; the one call front ends make.
+
+        ``run_job(job)`` — or ``run_job(job, cancel=cancel)`` when ``cancel`` is given —
+        runs the GPU part; default :meth:`run_job`. A replacement (the app's ``spaces.GPU``
+        function) must end in :meth:`run_job`, which holds :data:`GPU_LOCK`: so two jobs
+        never share the pipeline, whatever the front end's concurrency.
+
+        Cancelling: ``cancel`` is a :class:`threading.Event` the caller sets from any thread
+        (a Stop button, a client that went away). A job waiting for the GPU then leaves the
+        queue at once; a running one stops at the end of its current denoising step (diffusers'
+        interrupt; the partial latents are still decoded once) and frees the GPU for the next
+        job. Either way ``generate`` raises :class:`GenerationCancelled` and returns no
+        images; no other job is touched. On ZeroGPU the job runs in another process, which an
+        Event cannot reach: pass ``cancel=None`` there and let ZeroGPU end the call.
+
+        Raises :class:`PhotoMakerInputError` for what the user can fix (before any GPU work)
+        and :class:`PhotoMakerServerError` for failures (out of memory, a bug: with an error id
+        that is in the log beside the traceback); never anything else.
+        """
         t0 = time.perf_counter()
-        job, context = self.prepare(request)
-        output = (run_job or self.run_job)(job)
-        if job.id_image_embeds is not None:
-            self.cache_hits += 1
-        elif output.id_image_embeds is not None:
-            self._id_cache[job.cache_key] = output.id_image_embeds
-            while len(self._id_cache) > self.id_cache_size:
-                self._id_cache.popitem(last=False)
-        if job.cache_key in self._id_cache:
-            self._id_cache.move_to_end(job.cache_key)
+        with self.server_errors("checking the request"):
+            job, context = self.prepare(request)
+        logger.debug(
+            "job %s: prompt %s, negative %s",
+            job.cache_key[:8],
+            log_head(job.prompt),
+            log_head(job.negative_prompt),
+        )
+        _raise_if_cancelled(cancel)
+        runner = run_job or self.run_job
+        with self.server_errors("generating the images"):
+            output = runner(job) if cancel is None else runner(job, cancel=cancel)
+        self._remember(job, output)
         timings = {**context["timings"], **output.timings, "total": time.perf_counter() - t0}
         logger.info(
             "generated %d image(s) %dx%d, %d steps, seed %d, in %.1fs",
@@ -500,7 +749,7 @@ class PhotoMakerService:
             images=output.images,
             seed=job.seed,
             prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
+            negative_prompt=context["negative_prompt"],
             style=context["style"],
             width=job.width,
             height=job.height,

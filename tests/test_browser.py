@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.test_app_api import app_url
 
-CHROMIUM = "/usr/bin/chromium"
+
+def find_chromium() -> str | None:
+    """``PHOTOMAKER_CHROMIUM``, else a Chromium or Chrome on PATH, else Debian's path."""
+    candidates = [os.environ.get("PHOTOMAKER_CHROMIUM")]
+    candidates += [shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")]
+    candidates.append("/usr/bin/chromium")
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+CHROMIUM = find_chromium()
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -30,7 +40,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
+        CHROMIUM is None,
+        reason="needs Chromium or Chrome on PATH (apt-get install chromium), or PHOTOMAKER_CHROMIUM",
     ),
 ]
 

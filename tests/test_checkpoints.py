@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,14 +22,13 @@ from photomaker.encoders import build_id_encoder
 from photomaker.errors import PhotoMakerInputError
 from photomaker.tiny import build_tiny_pipeline, random_state_dict, write_checkpoint
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "reference"
+#: Key manifests of the released checkpoints (facts about those files, copied here so the
+#: suite stands alone on a fresh clone).
+MANIFESTS = Path(__file__).resolve().parent / "data"
 
 
 def lora_manifest() -> dict:
-    path = MANIFESTS / "photomaker.lora_weights.keys.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return json.loads(path.read_text())
+    return json.loads((MANIFESTS / "photomaker.lora_weights.keys.json").read_text())
 
 
 def full_size_lora(scale: float = 0.0) -> dict:
@@ -62,7 +61,11 @@ def test_full_size_checkpoint_loads_strictly(full_size, fmt):
     encoder = load_id_encoder(loaded["id_encoder"], version)
     assert encoder.tokens_per_image == (1 if version == "v1" else 2)
     ours = encoder.state_dict()
-    for key in ("visual_projection_2.weight", "fuse_module.mlp1.fc1.weight", "vision_model.post_layernorm.bias"):
+    for key in (
+        "visual_projection_2.weight",
+        "fuse_module.mlp1.fc1.weight",
+        "vision_model.post_layernorm.bias",
+    ):
         torch.testing.assert_close(ours[key], state["id_encoder"][key].float())
     assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ours.values())
     assert len(loaded["lora_weights"]) == lora_manifest()["num_keys"]
@@ -72,7 +75,10 @@ def test_folder_and_weight_name_resolution(full_size):
     version, _, files = full_size
     folder = files["bin"].parent
     assert resolve_checkpoint_file(folder, pm_version=version) == files["bin"]
-    assert resolve_checkpoint_file(folder, weight_name=files["safetensors"].name) == files["safetensors"]
+    assert (
+        resolve_checkpoint_file(folder, weight_name=files["safetensors"].name)
+        == files["safetensors"]
+    )
     with pytest.raises(PhotoMakerInputError, match="No PhotoMaker checkpoint 'other.bin'.*it has:"):
         resolve_checkpoint_file(folder, weight_name="other.bin")
 
@@ -98,7 +104,9 @@ def test_other_version_is_recognised(full_size):
 def test_wrong_shape_is_named(full_size):
     version, state, _ = full_size
     encoder_state = dict(state["id_encoder"], **{"visual_projection.weight": torch.zeros(3, 3)})
-    with pytest.raises(PhotoMakerInputError, match=r"visual_projection.weight \(3, 3\) \(expected \(768, 1024\)\)"):
+    with pytest.raises(
+        PhotoMakerInputError, match=r"visual_projection.weight \(3, 3\) \(expected \(768, 1024\)\)"
+    ):
         load_id_encoder(encoder_state, version)
 
 
@@ -118,7 +126,9 @@ def test_top_level_entries_are_checked(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"id_encoder.a": torch.zeros(1), "text_encoder.b": torch.zeros(1)}, str(flat))
-    with pytest.raises(PhotoMakerInputError, match="outside 'id_encoder.' and 'lora_weights.': text_encoder.b"):
+    with pytest.raises(
+        PhotoMakerInputError, match="outside 'id_encoder.' and 'lora_weights.': text_encoder.b"
+    ):
         read_checkpoint(flat)
 
 
@@ -147,18 +157,24 @@ def test_full_size_lora_reaches_every_attention_projection():
 
     with init_empty_weights():
         unet = UNet2DConditionModel(
-            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
+            sample_size=128,
+            cross_attention_dim=2048,
+            block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-            use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
         )
     peft = convert_lora_to_peft(full_size_lora())
     projections = {
         name: module
         for name, module in unet.named_modules()
-        if (".attn1." in name or ".attn2." in name) and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))
+        if (".attn1." in name or ".attn2." in name)
+        and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))
     }
     assert len(projections) == 70 * 2 * 4
     for name, module in projections.items():  # shapes of the released keys fit the UNet
@@ -175,17 +191,23 @@ def test_tiny_pipeline_adapter_can_be_mixed_and_fused(tmp_path):
     pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
     adapters = pipe.get_list_adapters()
     assert adapters["unet"] == ["photomaker"]
-    lora_modules = [m for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "photomaker" in m.lora_A]
+    lora_modules = [
+        m for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "photomaker" in m.lora_A
+    ]
     assert len(lora_modules) == sum(
-        1 for n, _ in pipe.unet.named_modules()
-        if (".attn1." in n or ".attn2." in n) and n.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))
+        1
+        for n, _ in pipe.unet.named_modules()
+        if (".attn1." in n or ".attn2." in n)
+        and n.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))
     )
     pipe.set_adapters(["photomaker"], adapter_weights=[0.5])
     pipe.fuse_lora(adapter_names=["photomaker"])
     # loading again replaces the adapter instead of failing on the name
     pipe.unfuse_lora()
     pipe.load_photomaker_adapter(
-        str(next(tmp_path.glob("*.bin"))), pm_version="v1", id_encoder_config=pipe.id_encoder.id_config
+        str(next(tmp_path.glob("*.bin"))),
+        pm_version="v1",
+        id_encoder_config=pipe.id_encoder.id_config,
     )
     assert pipe.get_list_adapters()["unet"] == ["photomaker"]
 
@@ -205,12 +227,15 @@ def test_hub_id_uses_the_local_cache_offline(tmp_path, monkeypatch):
     _hub_cache(tmp_path, "TencentARC/PhotoMaker-V2", "photomaker-v2.bin", state)
     path = resolve_checkpoint_file("TencentARC/PhotoMaker-V2", pm_version="v2", cache_dir=tmp_path)
     assert path.name == "photomaker-v2.bin" and path.is_file()
-    start = time.perf_counter()
+    connections = []  # fast because it never tries the network (no timing: CI may be busy)
+    monkeypatch.setattr(socket.socket, "connect", lambda *args: connections.append(args))
     with pytest.raises(PhotoMakerInputError, match="not in the local Hugging Face cache"):
         resolve_checkpoint_file("TencentARC/PhotoMaker", pm_version="v1", cache_dir=tmp_path)
-    assert time.perf_counter() - start < 5
+    assert connections == []
 
 
 def test_not_a_location():
-    with pytest.raises(PhotoMakerInputError, match="neither a file, a folder, nor a Hugging Face repo id"):
+    with pytest.raises(
+        PhotoMakerInputError, match="neither a file, a folder, nor a Hugging Face repo id"
+    ):
         resolve_checkpoint_file("./missing/photomaker.bin")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -409,10 +409,8 @@ def test_missing_pack_offline_fails_fast_with_instructions(tmp_path, monkeypatch
     _no_download(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(faces, "_network_available", lambda *a, **k: pytest.fail("probed network"))
-    started = time.monotonic()
-    with pytest.raises(PhotoMakerInputError) as info:
+    with pytest.raises(PhotoMakerInputError) as info:  # fast: it neither probes nor downloads
         FaceAnalyzer(pack="buffalo_l", root=tmp_path)
-    assert time.monotonic() - started < 5
     message = str(info.value)
     assert "'buffalo_l'" in message
     assert "det_10g.onnx" in message and "w600k_r50.onnx" in message
@@ -432,16 +430,23 @@ def test_missing_pack_without_network_fails_fast(tmp_path, monkeypatch):
 
 
 def test_network_probe_is_bounded(monkeypatch):
+    """A DNS lookup that hangs does not hold the caller: it returns while the probe still
+    hangs (shown by events, not by a clock, so a busy machine cannot flake it)."""
     import socket
 
+    release, finished = threading.Event(), threading.Event()
+
     def hang(*args, **kwargs):
-        time.sleep(3)
+        release.wait(30)
+        finished.set()
         raise OSError("unreachable")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    started = time.monotonic()
-    assert faces._network_available(timeout=0.2) is False
-    assert time.monotonic() - started < 2
+    try:
+        assert faces._network_available(timeout=0.05) is False
+        assert not finished.is_set()
+    finally:
+        release.set()
 
 
 def test_empty_or_wrong_pack_folders(tmp_path, monkeypatch):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from photomaker.errors import PhotoMakerInputError
-from photomaker.images import load_id_images, load_image
+from photomaker.images import MIN_SIDE, load_id_images, load_image
 
 ORIENTATION = 0x0112
 
@@ -199,3 +205,200 @@ def test_load_id_images_accepts_a_single_source_and_gallery_items(tmp_path):
     assert len(load_id_images(str(path))) == 1
     (image,) = load_id_images([(str(path), "caption")])
     assert image.size == (60, 40)
+
+
+# --------------------------------------------------------------------------- hostile uploads
+
+
+def _blank_png(path: Path, width: int, height: int) -> Path:
+    """A valid black RGB PNG of any size, written row by row: a 12000² one is ~2 MB on disk
+    and 432 MB once decoded — a pixel bomb below Pillow's own limit (179 MP)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = bytes(1 + 3 * width)  # filter byte + pixels
+    packer = zlib.compressobj(1)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data))
+    with path.open("ab") as f:
+        f.write(chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    return _blank_png(tmp_path_factory.mktemp("bomb") / "bomb.png", 12000, 12000)
+
+
+def test_pixel_bomb_is_refused_from_the_header(bomb, monkeypatch):
+    from PIL import PngImagePlugin
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow only warns at this size
+        with pytest.raises(PhotoMakerInputError) as err:
+            load_id_images([_marked(), bomb], max_megapixels=40)
+    message = str(err.value)
+    assert message.startswith("Photo 2: bomb.png is 12000×12000 pixels (144 megapixels)")
+    assert "the limit is 40 megapixels" in message
+    assert str(bomb.parent) not in message
+
+
+_PEAK_MEMORY = textwrap.dedent(
+    """
+    import resource, sys
+    from photomaker.errors import PhotoMakerInputError
+    from photomaker.images import load_id_images
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        load_id_images([sys.argv[1]], max_megapixels=float(sys.argv[2]))
+        outcome = "loaded"
+    except PhotoMakerInputError as exc:
+        outcome = f"refused: {exc}"
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+    print(outcome)
+    """
+)
+
+
+def _load_in_a_fresh_process(path: Path, max_megapixels: float) -> tuple[float, str]:
+    """(growth of the peak memory in MB while loading ``path``, what happened)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, str(path), str(max_megapixels)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    growth_kib, outcome = out.stdout.strip().split("\n", 1)
+    return int(growth_kib) / 1024, outcome
+
+
+def test_pixel_bomb_costs_no_memory(bomb, tmp_path):
+    """Refused: the peak grows by a few MB (decoding it costs ~1.1 GB). The same loader on a
+    24 MP photo within the limit (72 MB decoded) shows the measurement sees a decode."""
+    growth, outcome = _load_in_a_fresh_process(bomb, 40)
+    assert outcome.startswith("refused: Photo 1: bomb.png is 12000×12000 pixels"), outcome
+    assert growth < 30
+    growth, outcome = _load_in_a_fresh_process(_blank_png(tmp_path / "ok.png", 6000, 4000), 40)
+    assert outcome == "loaded" and growth > 60
+
+
+def test_large_jpeg_is_decoded_reduced(tmp_path, monkeypatch):
+    path = tmp_path / "camera.jpg"
+    Image.new("RGB", (8000, 6000), (10, 20, 30)).save(path, quality=80)
+    decoded = []
+    original = Image.Image.load
+
+    def record(self):
+        decoded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(Image.Image, "load", record)
+    (image,) = load_id_images([path], max_side=2048, max_megapixels=40)
+    assert image.size == (2048, 1536)
+    assert (4000, 3000) in decoded and (8000, 6000) not in decoded  # libjpeg's 1/2 scale
+
+
+def test_a_jpeg_over_the_limit_that_decodes_reduced_is_accepted(tmp_path):
+    """The limit counts what is decoded: a 48 MP phone JPEG decodes at 1/2 scale (12 MP)."""
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (8000, 6000), (10, 20, 30)).save(path, quality=80)
+    assert load_id_images([path], max_megapixels=40)[0].size == (2048, 1536)
+    with pytest.raises(PhotoMakerInputError, match=r"8000×6000 pixels \(48 megapixels\)"):
+        load_id_images([path], max_side=4000, max_megapixels=10)
+
+
+@pytest.mark.parametrize(
+    "size, scaled",
+    [((4000, 2), "4000×2 pixels \\(once scaled to 2048×1\\)"), ((2, 40), "2×40 pixels: ")],
+)
+def test_slivers_are_refused(tmp_path, size, scaled):
+    path = tmp_path / "banner.png"
+    Image.new("RGB", size, (200, 100, 50)).save(path)
+    with pytest.raises(PhotoMakerInputError, match=f"Photo 1: banner.png is {scaled}") as err:
+        load_id_images([path])
+    assert f"at least {MIN_SIDE} pixels" in str(err.value)
+    thin = Image.new("RGB", (4000, 60))  # 2048×31 once scaled
+    with pytest.raises(PhotoMakerInputError, match="once scaled to 2048×31"):
+        load_id_images([_marked(), thin])
+    assert load_id_images([Image.new("RGB", (4000, 64))])[0].size == (2048, 33)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is empty"),
+        (b"not an image at all", "is not an image, or not in a format we read"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "is not an image"),
+        (None, "was not found"),
+    ],
+    ids=["empty", "text", "truncated-png", "missing"],
+)
+def test_messages_name_the_upload_never_the_server_path(tmp_path, content, expected):
+    folder = tmp_path / "gradio" / "3f2a9c0d1e"
+    folder.mkdir(parents=True)
+    upload = folder / "holiday photo.jpg"
+    if content is not None:
+        upload.write_bytes(content)
+    with pytest.raises(PhotoMakerInputError) as err:
+        load_id_images([_marked(), _marked(), upload])
+    message = str(err.value)
+    assert message.startswith("Photo 3: holiday photo.jpg ") and expected in message
+    assert "3f2a9c0d1e" not in message and str(tmp_path) not in message
+
+
+def test_truncated_jpeg_message_has_no_path(tmp_path):
+    buffer = io.BytesIO()
+    _marked((200, 200)).save(buffer, format="JPEG")
+    path = tmp_path / "srv" / "cut.jpg"
+    path.parent.mkdir()
+    path.write_bytes(buffer.getvalue()[:300])
+    with pytest.raises(PhotoMakerInputError) as err:
+        load_id_images([path])
+    assert "Photo 1: cut.jpg" in str(err.value) and "srv" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", ["heic", "avif"])
+def test_iphone_and_avif_photos(tmp_path, suffix):
+    path = tmp_path / f"IMG_0001.{suffix}"
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(path)  # HEIC via pillow-heif, AVIF by Pillow
+    (image,) = load_id_images([path])
+    assert image.mode == "RGB" and image.size == (96, 64)
+    r, g, b = image.getpixel((40, 30))
+    assert r > 180 and g < 60 and b < 60
+
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """The start of a black RGB PNG of ``width``×``height``: signature, header and the first
+    rows. A 30000² bomb in full would take seconds to write; what is refused is its header."""
+    row = bytes(1 + 3 * width)
+    data = zlib.compress(row * 4)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data))
+    return path
+
+
+def test_png_bomb_over_pillows_own_limit_is_a_clear_message(tmp_path):
+    bomb = _png_header(tmp_path / "bomb.png", 30000, 30000)  # 900 MP, 2.7 GB decoded
+    with pytest.raises(PhotoMakerInputError) as err:
+        load_id_images([bomb])
+    assert str(err.value).startswith("Photo 1: bomb.png is too large to open safely (900 megapix")
+    assert "the limit is 40 megapixels" in str(err.value)
+
+
+@pytest.mark.parametrize("count", [11, 50])
+def test_too_many_photos_are_refused_before_any_is_read(count):
+    unreadable = [b"never read"] * count
+    with pytest.raises(PhotoMakerInputError, match=f"{count} ID photos.*limit is 10"):
+        load_id_images(unreadable, max_photos=10)

@@ -49,7 +49,7 @@ def generate(pipe, photos, seed=7, **overrides):
 
 def test_generates_and_is_deterministic(pipe):
     photos = [photo(1), photo(2)]
-    first = generate(pipe, photos)
+    first = generate(pipe, photos)  # how fast: bench/, not a test that flakes on a busy machine
     assert first.shape == (1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
     assert np.isfinite(first).all()
     np.testing.assert_array_equal(first, generate(pipe, photos))

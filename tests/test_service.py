@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import pickle
+import re
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from photomaker.errors import PhotoMakerInputError
+from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMakerServerError
 from photomaker.loading import build_analyzer, build_pipeline, build_service
 from photomaker.service import (
     ASPECT_RATIOS,
+    GPU_LOCK,
+    MAX_NEGATIVE_PROMPT_CHARS,
+    MAX_PROMPT_CHARS,
     GenerationRequest,
     PhotoMakerService,
+    free_memory,
+    log_head,
     merge_step,
     size_for,
     tiny_size,
@@ -179,8 +190,9 @@ def test_v1_needs_no_face_analyzer_and_crop_mode_uses_it():
     analyzer = build_analyzer(Settings(tiny=True, pm_version="v1", crop_faces=True))
     cropping = PhotoMakerService(v1.pipe, analyzer, crop_faces=True, tiny=True)
     small_face = draw_tiny_face(Image.new("RGB", (400, 400), (255, 255, 255)), (50, 50, 130, 150))
-    job, _ = cropping.prepare(request(photos=[small_face]))
-    assert job.id_images[0].size[0] < 300  # cropped around the face
+    job, context = cropping.prepare(request(photos=[small_face]))
+    assert context["photo_sizes"][0][0] < 300  # cropped around the face
+    assert job.id_pixel_values.shape == (1, 3, 224, 224)
     with pytest.raises(PhotoMakerInputError, match="Cropping around faces"):
         cropping.prepare(request(photos=[blank_photo()]))
 
@@ -249,3 +261,281 @@ def test_build_pipeline_reports_missing_base_files(tmp_path):
         build_pipeline(Settings(base_model=str(tmp_path / "nope.safetensors"), device="cpu"))
     with pytest.raises(PhotoMakerInputError, match="model_index.json"):
         build_pipeline(Settings(base_model=str(tmp_path), device="cpu"))
+
+
+# --------------------------------------------------------------------------- one job at a time
+
+
+class _Job(threading.Thread):
+    """``service.generate`` in a thread of its own, keeping its result or its error."""
+
+    def __init__(self, name: str, call) -> None:
+        super().__init__(name=name, daemon=True)
+        self.call, self.result, self.error = call, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+
+@contextlib.contextmanager
+def unet_calls(pipe, on_call=None):
+    """Record which thread ran each UNet step (one call per step, CFG batched)."""
+    calls: list[str] = []
+
+    def hook(module, args, output):
+        calls.append(threading.current_thread().name)
+        if on_call is not None:
+            on_call(calls)
+
+    handle = pipe.unet.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def test_cancel_stops_the_job_and_the_waiting_job_runs_as_if_alone(service):
+    """Job A (100 steps) is cancelled at its 3rd step while job B waits for the GPU: A stops
+    there and raises GenerationCancelled, B runs alone afterwards and makes its solo images."""
+    b_request = request(photos=[face_photo(1), face_photo(0)], seed=5, steps=3, num_outputs=2)
+    solo = pixels(service.generate(b_request).images)
+
+    a_at_step_3, b_waiting, cancel_a = threading.Event(), threading.Event(), threading.Event()
+
+    def pause_a_at_step_3(calls):
+        if threading.current_thread().name == "A" and calls.count("A") == 3:
+            a_at_step_3.set()
+            assert cancel_a.wait(120), "job B never reached the GPU part"
+
+    def b_run_job(job, **kwargs):
+        b_waiting.set()
+        return service.run_job(job, **kwargs)
+
+    with unet_calls(service.pipe, pause_a_at_step_3) as calls:
+        a = _Job("A", lambda: service.generate(request(steps=100), cancel=cancel_a))
+        b = _Job("B", lambda: service.generate(b_request, run_job=b_run_job))
+        a.start()
+        assert a_at_step_3.wait(120)
+        b.start()
+        assert b_waiting.wait(120)
+        cancel_a.set()  # A is paused inside its 3rd UNet call, holding the GPU
+        a.join(120)
+        b.join(120)
+
+    assert isinstance(a.error, GenerationCancelled) and a.result is None
+    assert b.error is None, b.error
+    assert calls == ["A"] * 3 + ["B"] * 3  # A stopped after step 3, B never overlapped it
+    assert all(np.array_equal(x, y) for x, y in zip(pixels(b.result.images), solo, strict=True))
+
+
+def test_a_job_cancelled_before_it_runs_never_enters_the_pipeline(service):
+    cancel = threading.Event()
+    cancel.set()
+    with unet_calls(service.pipe) as calls, pytest.raises(GenerationCancelled):
+        service.generate(request(), cancel=cancel)
+    assert calls == []
+
+
+def test_a_job_cancelled_while_waiting_for_the_gpu_leaves_the_queue(service):
+    job, _ = service.prepare(request())
+    cancel = threading.Event()
+    with GPU_LOCK:  # another job holds the GPU
+        waiting = _Job("waiting", lambda: service.run_job(job, cancel=cancel))
+        waiting.start()
+        cancel.set()
+        waiting.join(30)
+    assert isinstance(waiting.error, GenerationCancelled)
+
+
+def test_concurrent_requests_are_served_in_turn_and_never_cross(service):
+    """4 clients × 2 requests at once: every request is answered with its own solo images, and
+    the UNet runs one job's steps at a time."""
+    requests = {f"client{i}": request(seed=100 + i, steps=2) for i in range(4)}
+    solo = {name: pixels(service.generate(r).images) for name, r in requests.items()}
+
+    def client(name):
+        return [pixels(service.generate(requests[name]).images) for _ in range(2)]
+
+    with unet_calls(service.pipe) as calls:
+        clients = [_Job(name, lambda name=name: client(name)) for name in requests]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(300)
+    for c in clients:
+        assert c.error is None, c.error
+        for images in c.result:
+            assert all(np.array_equal(a, b) for a, b in zip(images, solo[c.name], strict=True))
+    assert len(calls) == 8 * 2
+    assert all(len(set(calls[i : i + 2])) == 1 for i in range(0, len(calls), 2))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _fail_in(monkeypatch, service, stage: str, exc: BaseException) -> None:
+    def fail(*args, **kwargs):
+        raise exc
+
+    if stage == "encoding":
+        service._id_cache.clear()
+        monkeypatch.setattr(service.pipe, "encode_id_images", fail)
+    else:
+        monkeypatch.setattr(service.pipe.unet, "forward", fail)
+
+
+@pytest.mark.parametrize("stage", ["encoding", "denoising"])
+@pytest.mark.parametrize(
+    "oom",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: out of memory"),
+    ],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
+def test_out_of_memory_is_a_clear_message_and_the_next_request_is_served(
+    service, monkeypatch, stage, oom
+):
+    freed = []
+    monkeypatch.setattr("photomaker.service.free_memory", lambda: freed.append(True))
+    with monkeypatch.context() as patch:
+        _fail_in(patch, service, stage, oom)
+        with pytest.raises(PhotoMakerServerError) as err:
+            service.generate(request())
+    message = str(err.value)
+    assert "ran out of memory" in message and "fewer images" in message
+    assert "smaller size" in message and "--memory model-offload" in message
+    assert re.fullmatch(r"[0-9a-f]{8}", err.value.error_id) and err.value.error_id in message
+    assert freed == [True]
+    assert len(service.generate(request()).images) == 1  # served as usual
+
+
+def test_an_unexpected_error_carries_an_id_that_is_in_the_log(service, monkeypatch, caplog):
+    with monkeypatch.context() as patch:
+        _fail_in(patch, service, "denoising", IndexError("index 49408 is out of bounds"))
+        with caplog.at_level(logging.ERROR, "photomaker.service"):
+            with pytest.raises(PhotoMakerServerError) as err:
+                service.generate(request())
+    error_id = err.value.error_id
+    assert re.fullmatch(r"[0-9a-f]{8}", error_id)
+    assert f"error {error_id}" in str(err.value) and "49408" not in str(err.value)
+    (record,) = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.exc_info and isinstance(record.exc_info[1], IndexError)  # the traceback
+    assert len(service.generate(request()).images) == 1
+
+
+def test_an_input_error_from_the_gpu_part_passes_unchanged(service, monkeypatch):
+    mistake = PhotoMakerInputError("something the user can fix")
+    with monkeypatch.context() as patch:
+        _fail_in(patch, service, "denoising", mistake)
+        with pytest.raises(PhotoMakerInputError) as err:
+            service.generate(request())
+    assert err.value is mistake
+
+
+def test_free_memory_empties_the_cuda_cache(monkeypatch):
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    free_memory()
+    assert emptied == [True]
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def test_trigger_word_in_any_case_generates_and_inside_a_word_is_refused(service):
+    result = service.generate(request(prompt="a photo of a woman IMG in the snow"))
+    assert len(result.images) == 1
+    with pytest.raises(PhotoMakerInputError, match="no trigger word 'img'.*whole word"):
+        service.generate(request(prompt="a photo of a woman imgur in the snow"))
+
+
+@pytest.mark.parametrize("negative", ["bad img quality", "imgur watermark", "IMG, img"])
+def test_a_trigger_word_in_the_negative_prompt_is_ordinary_text(service, negative):
+    result = service.generate(request(negative_prompt=negative))
+    assert len(result.images) == 1
+    assert result.negative_prompt.endswith(negative) and result.user_negative_prompt == negative
+    job, _ = service.prepare(request(negative_prompt=negative))
+    for tokenizer in (service.pipe.tokenizer, service.pipe.tokenizer_2):
+        assert tokenizer.convert_tokens_to_ids("img") not in tokenizer.encode(job.negative_prompt)
+
+
+@pytest.mark.parametrize(
+    "field, limit", [("prompt", MAX_PROMPT_CHARS), ("negative_prompt", MAX_NEGATIVE_PROMPT_CHARS)]
+)
+def test_huge_prompts_are_refused_with_their_length(service, field, limit):
+    text = "a photo of a man img " + "x" * 1_000_000
+    with pytest.raises(PhotoMakerInputError) as err:
+        service.generate(request(**{field: text}))
+    message = str(err.value)
+    assert f"{len(text):,} characters" in message and f"limit is {limit:,}" in message
+    assert len(message) < 300
+
+
+def test_only_the_head_of_a_long_prompt_is_logged(service, caplog):
+    prompt = "a photo of a man img, " + ", ".join(["sunny snowy mountain"] * 80)
+    assert len(prompt) < MAX_PROMPT_CHARS
+    with caplog.at_level(logging.DEBUG, "photomaker"):
+        service.generate(request(prompt=prompt))
+    assert any("a photo of a man img" in r.getMessage() for r in caplog.records)
+    assert max(len(r.getMessage()) for r in caplog.records) < 600
+    assert log_head("x" * 500, 100).endswith("… (+400 characters)")
+
+
+@pytest.mark.parametrize("steps, strength", [(4, 100), (10, 90), (2, 50)])
+def test_a_merge_step_at_the_last_step_is_warned_about(service, steps, strength):
+    job, context = service.prepare(request(steps=steps, style_strength=strength))
+    assert job.start_merge_step >= steps - 1
+    assert any("never merged in" in m and "style strength" in m for m in context["messages"])
+
+
+def test_the_merge_warning_reaches_the_result_and_only_when_due(service):
+    result = service.generate(request(steps=1))
+    assert any("never merged in" in m for m in result.messages)
+    for steps, strength in [(3, 20), (60, 40), (100, 30)]:
+        _, context = service.prepare(request(steps=steps, style_strength=strength))
+        assert not any("merged" in m for m in context["messages"])
+
+
+def test_the_photo_pixel_limit_is_the_services(service):
+    strict = PhotoMakerService(
+        service.pipe, service.analyzer, service.styles, tiny=True, max_photo_megapixels=0.05
+    )
+    with pytest.raises(PhotoMakerInputError, match=r"Photo 1: .*the limit is 0.05 megapixels"):
+        strict.generate(request())
+
+
+# --------------------------------------------------------------------------- lean jobs
+
+
+def _big_face_photos(count: int = 10) -> list[Image.Image]:
+    photos = []
+    for variant in range(count):
+        image = Image.new("RGB", (2048, 1536), (255, 255, 255))
+        photos.append(draw_tiny_face(image, (700, 300, 1300, 1100), variant=variant % 2))
+    return photos
+
+
+def test_jobs_are_small_and_survive_pickling(service):
+    """10 photos of 2048×1536 (94 MB as PIL photos) cross to the GPU worker as CLIP input."""
+    service._id_cache.clear()
+    big = request(photos=_big_face_photos(), steps=1)
+    job, _ = service.prepare(big)
+    assert job.id_pixel_values.shape == (10, 3, 224, 224) and job.id_image_embeds is None
+    assert len(pickle.dumps(job)) < 8_000_000
+    direct = service.run_job(job)
+    output = pickle.loads(pickle.dumps(service.run_job(pickle.loads(pickle.dumps(job)))))
+    assert np.array_equal(pixels(direct.images)[0], pixels(output.images)[0])
+    assert torch.equal(direct.id_image_embeds, output.id_image_embeds)
+
+    service._remember(job, direct)  # what generate() does after a run: cache the encoding
+    hit, _ = service.prepare(big)
+    assert hit.id_pixel_values is None and hit.id_embeds is None
+    assert hit.id_image_embeds is not None
+    assert len(pickle.dumps(hit)) < 1_000_000
+    again = service.run_job(pickle.loads(pickle.dumps(hit)))
+    assert np.array_equal(pixels(direct.images)[0], pixels(again.images)[0])
