@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -34,8 +35,8 @@ __all__ = [
     "load_photomaker_state_dict",
     "check_id_encoder_keys",
     "load_id_encoder",
-    "convert_lora_to_peft",
     "split_flat_state_dict",
+    "check_lora_keys",
 ]
 
 DEFAULT_REPOS = {"v1": "TencentARC/PhotoMaker", "v2": "TencentARC/PhotoMaker-V2"}
@@ -43,7 +44,6 @@ DEFAULT_WEIGHT_NAMES = {"v1": "photomaker-v1.bin", "v2": "photomaker-v2.bin"}
 ENTRIES = ("id_encoder", "lora_weights")
 # Older transformers saved this buffer; newer ones rebuild it. Accepted and ignored.
 IGNORED_ENCODER_KEYS = frozenset({"vision_model.embeddings.position_ids"})
-_LORA_PROJECTIONS = {"to_q_lora": "to_q", "to_k_lora": "to_k", "to_v_lora": "to_v", "to_out_lora": "to_out.0"}
 
 
 def resolve_checkpoint_file(
@@ -238,32 +238,18 @@ def load_id_encoder(
     return encoder.to(dtype=torch.float32).eval()
 
 
-def convert_lora_to_peft(
-    lora_weights: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """Old attention-processor LoRA keys → the PEFT keys diffusers loads as an adapter.
+_OLD_LORA_KEY = re.compile(r"^unet\..+\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
+_PEFT_LORA_KEY = re.compile(r"^unet\..+\.lora_[AB]\.weight$")
 
-    ``unet.X.processor.to_q_lora.down.weight`` → ``unet.X.to_q.lora_A.weight`` (``up`` →
-    ``lora_B``; ``to_out_lora`` → ``to_out.0``). Keys already in PEFT form pass through.
-    """
-    converted: dict[str, torch.Tensor] = {}
-    bad = []
-    for key, tensor in lora_weights.items():
-        new_key = key
-        if ".processor." in key:
-            head, _, tail = key.partition(".processor.")
-            parts = tail.split(".")  # to_q_lora, down|up, weight
-            if len(parts) != 3 or parts[0] not in _LORA_PROJECTIONS or parts[1] not in ("down", "up"):
-                bad.append(key)
-                continue
-            lora = "lora_A" if parts[1] == "down" else "lora_B"
-            new_key = f"{head}.{_LORA_PROJECTIONS[parts[0]]}.{lora}.{parts[2]}"
-        elif ".lora_A." not in key and ".lora_B." not in key:
-            bad.append(key)
-            continue
-        converted[new_key] = tensor.to(dtype) if dtype is not None else tensor
+
+def check_lora_keys(lora_weights: Mapping[str, torch.Tensor]) -> None:
+    """The LoRA entry must be the released attention-processor layout (or PEFT's); diffusers'
+    loader converts either, but silently skips keys it does not know, which would leave the
+    UNet without PhotoMaker's LoRA."""
+    if not lora_weights:
+        raise PhotoMakerInputError("The checkpoint's lora_weights is empty.")
+    bad = [k for k in lora_weights if not (_OLD_LORA_KEY.match(k) or _PEFT_LORA_KEY.match(k))]
     if bad:
         raise PhotoMakerInputError(
             "The checkpoint's lora_weights has keys in an unknown format: " + _describe(bad, 4)
         )
-    return converted

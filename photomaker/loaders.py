@@ -31,6 +31,7 @@ from huggingface_hub.utils import validate_hf_hub_args
 
 from photomaker import checkpoints, prompting
 from photomaker.encoders import IDEncoderConfig
+from photomaker.errors import PhotoMakerInputError
 
 try:  # transformers >= 5 names the PIL-based processor explicitly (no torchvision needed)
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -110,10 +111,19 @@ class PhotoMakerLoaderMixin:
         self.num_tokens_per_image = encoder.tokens_per_image
 
         # The LoRA, in the released layout, through diffusers' own loader and converter.
+        checkpoints.check_lora_keys(state["lora_weights"])
         self.unload_photomaker_lora()
         lora = {k: v.to(self.unet.dtype) for k, v in state["lora_weights"].items()}
-        with _quiet("diffusers.loaders"):  # it notes, harmlessly, that no text-encoder keys exist
-            self.load_lora_weights(lora, adapter_name=PHOTOMAKER_ADAPTER)
+        no_match = PhotoMakerInputError(
+            "The checkpoint's LoRA matches no layer of this UNet: is the base model SDXL?"
+        )
+        try:
+            with _quiet("diffusers.loaders"):  # it notes, harmlessly: no text-encoder keys
+                self.load_lora_weights(lora, adapter_name=PHOTOMAKER_ADAPTER)
+        except ValueError as error:  # peft: "Target modules ... not found in the base model"
+            raise no_match from error
+        if PHOTOMAKER_ADAPTER not in self.adapter_names():
+            raise no_match
         if fuse_lora:
             self.fuse_lora(components=["unet"], adapter_names=[PHOTOMAKER_ADAPTER])
 

@@ -232,5 +232,6 @@ def build_service(settings: Settings) -> Any:
         crop_faces=settings.crop_faces,
         skip_faceless_photos=settings.skip_faceless_photos,
         max_photos=settings.max_photos,
+        max_photo_megapixels=settings.max_photo_megapixels,
         tiny=settings.tiny,
     )

@@ -180,6 +180,17 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
         prompt_embeds = torch.cat(embeds_list, dim=-1).to(dtype=self.text_encoder_2.dtype)
         return prompt_embeds, pooled_prompt_embeds, class_tokens_mask
 
+    def ordinary_text(self, text: str | list[str] | None, tokenizer: Any) -> str | list[str] | None:
+        """``text`` as ``tokenizer`` must read it where the trigger word means nothing (the
+        negative prompt): a trigger word there is encoded as the ordinary word, since its added
+        token has no embedding in the text encoders (an index error, a device-side assert on
+        CUDA)."""
+        if text is None or tokenizer is None:
+            return text
+        if isinstance(text, list):
+            return [prompting.ordinary_text(tokenizer, t, self.trigger_word) for t in text]
+        return prompting.ordinary_text(tokenizer, text, self.trigger_word)
+
     def text_only_prompt(self, prompt: str) -> str:
         """The prompt without its trigger word, as encoded for the first, text-only steps."""
         tokenizer = self.tokenizer if self.tokenizer is not None else self.tokenizer_2
@@ -283,6 +294,8 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
         per call: 2 for the prompt with the class word expanded, 4 for the text-only and
         negative prompts (the reference makes 8)."""
         num_id_images = id_image_embeds.shape[0]
+        negative_prompt = self.ordinary_text(negative_prompt, self.tokenizer or self.tokenizer_2)
+        negative_prompt_2 = self.ordinary_text(negative_prompt_2, self.tokenizer_2)
         prompt_embeds, pooled_prompt_embeds, class_tokens_mask = self.encode_prompt_with_trigger_word(
             prompt=prompt, prompt_2=prompt_2, num_id_images=num_id_images, device=device,
             prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
@@ -505,8 +518,8 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
             callback=callback, callback_steps=callback_steps,
         )
 
-        # 8. Decode.
-        if output_type == "latent":
+        # 8. Decode (not when interrupted: a cancelled call returns its latents as they are).
+        if output_type == "latent" or self.interrupt:
             image = latents
         else:
             image = self._decode_latents(latents)

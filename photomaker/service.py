@@ -51,7 +51,6 @@ from .errors import (
     PhotoMakerServerError,
 )
 from .images import DEFAULT_MAX_MEGAPIXELS, image_digest
-from .prompting import ordinary_text
 from .styles import DEFAULT_STYLE, StyleBook, default_styles
 
 logger = logging.getLogger(__name__)
@@ -165,7 +164,8 @@ class GenerationJob:
     The photos travel as the ID encoder's input, ``id_pixel_values`` (CLIP-preprocessed on
     the CPU, ``[N, 3, 224, 224]`` float32: 0.6 MB a photo), with their ArcFace ``id_embeds``
     (V2). On an ID-cache hit both are ``None`` and ``id_image_embeds`` carries the encoding.
-    ``negative_prompt`` is already :func:`~photomaker.prompting.ordinary_text`.
+    A trigger word in ``negative_prompt`` is read as the ordinary word by the pipeline
+    (:meth:`~photomaker.pipeline.PhotoMakerStableDiffusionXLPipeline.ordinary_text`).
     """
 
     prompt: str
@@ -496,20 +496,9 @@ class PhotoMakerService:
         warning = getattr(check, "warning", None)
         return [warning] if warning else []
 
-    def ordinary_negative(self, negative_prompt: str) -> str:
-        """The negative prompt as both tokenizers must read it: a trigger word in it ("bad img
-        quality", "imgur watermark") is encoded as the ordinary word, never as the trigger
-        token, which has no embedding in the text encoders (an index error inside the GPU
-        part before this). Chosen over refusing: the word means what it says there."""
-        for name in ("tokenizer", "tokenizer_2"):
-            tokenizer = getattr(self.pipe, name, None)
-            if tokenizer is not None:
-                negative_prompt = ordinary_text(tokenizer, negative_prompt, self.trigger_word)
-        return negative_prompt
-
     def preprocess_photos(self, images: list[Image.Image]) -> torch.Tensor:
         """The ID encoder's input, made on the CPU: ``[N, 3, 224, 224]`` float32 pixels."""
-        return self.pipe.id_image_processor(images, return_tensors="pt").pixel_values
+        return self.pipe.preprocess_id_images(images)
 
     def prepare(self, request: GenerationRequest) -> tuple[GenerationJob, dict[str, Any]]:
         """Validate everything and build the job; raises PhotoMakerInputError."""
@@ -548,7 +537,7 @@ class PhotoMakerService:
             cached = self._id_cache.get(cache_key)
         job = GenerationJob(
             prompt=values["prompt"],
-            negative_prompt=self.ordinary_negative(values["negative_prompt"]),
+            negative_prompt=values["negative_prompt"],
             id_pixel_values=None if cached is not None else self.preprocess_photos(images),
             id_embeds=None if cached is not None else id_embeds,
             id_image_embeds=cached,

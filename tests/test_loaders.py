@@ -337,3 +337,33 @@ def test_compiled_unet_does_not_recompile_across_steps_merge_or_prompts(tmp_path
             run(pipe, id_embeds=None, start_merge_step=0, prompt="portrait of a boy img")
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "rename, message",
+    [
+        (lambda k: k.replace("to_q_lora", "to_x_lora"), "unknown format"),
+        (lambda k: k.replace("unet.down_blocks", "unet.sideways_blocks"), "matches no layer"),
+    ],
+)
+def test_a_lora_that_would_load_nowhere_is_refused(tmp_path, rename, message):
+    """diffusers skips LoRA keys it cannot place; a checkpoint whose LoRA would reach nothing
+    (or only part) is an error, not a silent PhotoMaker without its LoRA."""
+    from photomaker.encoders import build_id_encoder
+    from photomaker.errors import PhotoMakerInputError
+    from photomaker.tiny import (
+        TINY_ENCODER_CONFIG,
+        build_tiny_components,
+        random_state_dict,
+        tiny_lora_state_dict,
+    )
+
+    pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
+    lora = tiny_lora_state_dict(build_tiny_components(0)["unet"])
+    lora = {rename(k): v for k, v in lora.items() if ".up_blocks." not in k and ".mid_block." not in k}
+    state = {
+        "id_encoder": random_state_dict(build_id_encoder("v1", TINY_ENCODER_CONFIG)),
+        "lora_weights": lora,
+    }
+    with pytest.raises(PhotoMakerInputError, match=message):
+        pipe.load_photomaker_adapter(state, pm_version="v1", id_encoder_config=TINY_ENCODER_CONFIG)
