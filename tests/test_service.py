@@ -456,12 +456,27 @@ def test_trigger_word_in_any_case_generates_and_inside_a_word_is_refused(service
 
 @pytest.mark.parametrize("negative", ["bad img quality", "imgur watermark", "IMG, img"])
 def test_a_trigger_word_in_the_negative_prompt_is_ordinary_text(service, negative):
-    result = service.generate(request(negative_prompt=negative))
+    pipe = service.pipe
+    seen: list[torch.Tensor] = []
+    hooks = [
+        encoder.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(
+                kwargs.get("input_ids", args[0] if args else None)
+            ),
+            with_kwargs=True,
+        )
+        for encoder in (pipe.text_encoder, pipe.text_encoder_2)
+    ]
+    try:
+        result = service.generate(request(negative_prompt=negative))
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert len(result.images) == 1
     assert result.negative_prompt.endswith(negative) and result.user_negative_prompt == negative
-    job, _ = service.prepare(request(negative_prompt=negative))
-    for tokenizer in (service.pipe.tokenizer, service.pipe.tokenizer_2):
-        assert tokenizer.convert_tokens_to_ids("img") not in tokenizer.encode(job.negative_prompt)
+    # The added token never reaches a text encoder (it has no embedding there).
+    trigger_ids = {t.convert_tokens_to_ids("img") for t in (pipe.tokenizer, pipe.tokenizer_2)}
+    assert len(seen) == 6 and all(not set(ids.flatten().tolist()) & trigger_ids for ids in seen)
 
 
 @pytest.mark.parametrize(
