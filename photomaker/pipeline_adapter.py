@@ -141,10 +141,6 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
             raise ValueError(
                 "This pipeline has no T2I-Adapter: build it with `adapter=T2IAdapter...` to use `image`"
             )
-        if not 0.0 <= adapter_conditioning_factor <= 1.0:
-            raise ValueError(
-                f"adapter_conditioning_factor must be between 0 and 1, not {adapter_conditioning_factor}"
-            )
         height, width = self._default_height_width(height, width, image)
         if isinstance(self.adapter, MultiAdapter):
             if not isinstance(image, (list, tuple)) or len(image) != len(self.adapter.adapters):
