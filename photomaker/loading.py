@@ -304,6 +304,33 @@ def build_analyzer(settings: Settings) -> Any:
     )
 
 
+def build_likeness_analyzer(settings: Settings, analyzer: Any = None) -> Any:
+    """The face analyzer that scores each result's likeness (:func:`faces.likeness`).
+
+    The service's own when it has one (V2, or cropping). V1 needs no faces, so it gets the
+    face pack only if it is already on this machine (the tiny one in tiny mode): a missing
+    pack gives ``None`` — "likeness n/a" — never a download or an error for an optional
+    score."""
+    if analyzer is not None:
+        return analyzer
+    from .faces import FaceAnalyzer
+
+    if settings.tiny:
+        from .tiny_faces import build_face_pack
+
+        return FaceAnalyzer(pack=str(build_face_pack(tiny_face_pack_folder())), force_cpu=True)
+    try:
+        return FaceAnalyzer(
+            pack=settings.face_pack,
+            root=settings.face_root,
+            force_cpu=settings.resolved_faces_on_cpu(),
+            allow_download=False,
+        )
+    except PhotoMakerInputError as error:
+        logger.info("no face pack for the likeness score, so likeness n/a: %s", error)
+        return None
+
+
 def build_service(settings: Settings) -> Any:
     """Pipeline + analyzer + styles, ready to generate."""
     from .service import PhotoMakerService

@@ -86,3 +86,17 @@ def test_captions():
     assert likeness_caption(0.6249) == "likeness 0.62"
     assert likeness_caption(None) == "no face found"
     assert likeness_caption(0.9, available=False) == "likeness n/a"
+
+
+def test_likeness_analyzer_for_v1_only_when_a_pack_is_here(tmp_path):
+    from photomaker.loading import build_likeness_analyzer
+    from photomaker.settings import Settings
+
+    own = object()
+    assert build_likeness_analyzer(Settings(tiny=True), own) is own
+    assert isinstance(build_likeness_analyzer(Settings(tiny=True, pm_version="v1")), FaceAnalyzer)
+    missing = Settings(pm_version="v1", face_root=str(tmp_path), device="cpu")
+    assert build_likeness_analyzer(missing) is None  # no download, no error: "likeness n/a"
+    build_face_pack(tmp_path / "models" / "buffalo_l")
+    here = build_likeness_analyzer(missing)
+    assert isinstance(here, FaceAnalyzer) and here.providers == ["CPUExecutionProvider"]
