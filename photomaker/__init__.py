@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "PhotoMakerStableDiffusionXLPipeline": "photomaker.pipeline",
+    "PhotoMakerStableDiffusionXLAdapterPipeline": "photomaker.pipeline_adapter",
+    "PhotoMakerStableDiffusionXLControlNetPipeline": "photomaker.pipeline_controlnet",
     "PhotoMakerIDEncoder": "photomaker.encoders",
     "PhotoMakerIDEncoderV2": "photomaker.encoders",
     "IDEncoderConfig": "photomaker.encoders",
@@ -30,6 +32,8 @@ __all__ = [  # noqa: F822 - the lazy names resolve through __getattr__
     "PhotoMakerInputError",
     "__version__",
     "PhotoMakerStableDiffusionXLPipeline",
+    "PhotoMakerStableDiffusionXLAdapterPipeline",
+    "PhotoMakerStableDiffusionXLControlNetPipeline",
     "PhotoMakerIDEncoder",
     "PhotoMakerIDEncoderV2",
     "IDEncoderConfig",
@@ -50,6 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from photomaker.faces import FaceAnalyzer, FaceReport
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+    from photomaker.pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
+    from photomaker.pipeline_controlnet import PhotoMakerStableDiffusionXLControlNetPipeline
     from photomaker.service import GenerationRequest, GenerationResult, PhotoMakerService
 
 

@@ -46,6 +46,14 @@ __all__ = ["PhotoMakerLoaderMixin", "PHOTOMAKER_ADAPTER", "CLIPImageProcessor"]
 PHOTOMAKER_ADAPTER = "photomaker"
 #: The pipeline components that load_photomaker_adapter registers.
 PHOTOMAKER_COMPONENTS = ("id_encoder", "id_fuse_module")
+#: What load_photomaker_adapter (and diffusers' fuse_lora) set on the pipeline object itself.
+PHOTOMAKER_ATTRIBUTES = (
+    "pm_version",
+    "trigger_word",
+    "num_tokens_per_image",
+    "id_image_processor",
+    "_merged_adapters",
+)
 
 
 @contextlib.contextmanager
@@ -133,6 +141,35 @@ class PhotoMakerLoaderMixin:
             if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
                 tokenizer.add_tokens([trigger_word], special_tokens=True)
         logger.info("PhotoMaker %s adapter loaded (trigger word %r)", pm_version, trigger_word)
+
+    @classmethod
+    def from_photomaker_pipe(cls, pipe: Any, **components: Any) -> Any:
+        """This pipeline class on ``pipe``'s models — the same objects, no copy — with its
+        PhotoMaker adapter (ID encoder, fused LoRA, trigger word) as loaded, plus the
+        ``components`` given (``adapter=``, ``controlnet=``).
+
+        The way to add a T2I-Adapter or a ControlNet to a loaded pipeline without loading SDXL
+        twice. (diffusers' ``from_pipe`` matches components by their annotated types and
+        knows nothing of the attributes ``load_photomaker_adapter`` sets.) Use the new
+        pipeline from then on: both share the UNet, so a LoRA change made through the old one
+        would not be recorded in the new one.
+        """
+        modules, options = cls._get_signature_keys(cls)
+        kwargs = {name: c for name, c in pipe.components.items() if name in modules}
+        kwargs.update(components)
+        zeros = "force_zeros_for_empty_prompt"
+        if zeros in options and zeros in pipe.config:
+            kwargs[zeros] = pipe.config[zeros]
+        if "add_watermarker" in options and hasattr(pipe, "watermark"):
+            kwargs["add_watermarker"] = pipe.watermark is not None
+        new = cls(**kwargs)
+        for name in PHOTOMAKER_ATTRIBUTES:
+            if name in vars(pipe):
+                value = vars(pipe)[name]
+                setattr(new, name, set(value) if isinstance(value, set) else value)
+        if hasattr(pipe, "_progress_bar_config"):
+            new.set_progress_bar_config(**pipe._progress_bar_config)
+        return new
 
     def save_pretrained(self, *args, **kwargs) -> None:
         """Save the SDXL base as diffusers does; the PhotoMaker checkpoint is not part of it.

@@ -164,6 +164,92 @@ def compile_unet(pipe: Any, settings: Settings) -> Any:
     return pipe
 
 
+def load_model(model_class: Any, location: str, dtype: torch.dtype, what: str) -> Any:
+    """A diffusers model (``T2IAdapter``, ``ControlNetModel``) from a hub id, a folder or
+    (where the class reads one) a single ``.safetensors`` file, in ``dtype``.
+
+    Half-precision dtypes try the repo's ``fp16`` variant first (half the download), then
+    the default weights, as :func:`load_base_pipeline` does. A model that cannot be found is
+    a :class:`PhotoMakerInputError` naming the setting to change."""
+    path = os.path.expanduser(location)
+    try:
+        if path.lower().endswith(SINGLE_FILE_SUFFIXES):
+            if not os.path.isfile(path) or not hasattr(model_class, "from_single_file"):
+                raise OSError(f"{location} is not a file {model_class.__name__} can read")
+            return model_class.from_single_file(path, torch_dtype=dtype)
+        location = path if os.path.isdir(path) else location
+        if dtype in (torch.float16, torch.bfloat16):
+            try:
+                return model_class.from_pretrained(location, torch_dtype=dtype, variant="fp16")
+            except (ValueError, OSError) as error:
+                if "variant" not in str(error).lower() and "fp16" not in str(error):
+                    raise
+                logger.info("no fp16 variant of %s; loading the default weights", location)
+        return model_class.from_pretrained(location, torch_dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise PhotoMakerInputError(
+            f"Could not load the {what} {location!r} ({error}). Give a hub id that is in the "
+            "Hugging Face cache or can be downloaded, or a diffusers folder (config.json and "
+            "weights)."
+        ) from error
+
+
+def load_doodle_adapter(settings: Settings) -> Any | None:
+    """The doodle's T2I-Adapter, or ``None`` when the doodle is off; a tiny random one in
+    tiny mode (whatever adapter is named, unless it is ``none``)."""
+    location = settings.doodle_adapter_location
+    if location is None:
+        return None
+    if settings.tiny:
+        from .tiny import build_tiny_t2i_adapter
+
+        return build_tiny_t2i_adapter(seed=0)
+    from diffusers import T2IAdapter
+
+    logger.info("loading the doodle adapter %s", location)
+    message = "doodle adapter (--doodle-adapter; 'none' turns the doodle off)"
+    return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+
+
+def load_controlnet(settings: Settings) -> Any | None:
+    """The ControlNet named by the settings, or ``None``; a tiny random one in tiny mode."""
+    if not settings.controlnet:
+        return None
+    if settings.tiny:
+        from .tiny import build_tiny_controlnet
+
+        return build_tiny_controlnet(seed=0)
+    from diffusers import ControlNetModel
+
+    logger.info("loading the ControlNet %s", settings.controlnet)
+    dtype = settings.resolved_dtype()
+    return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet (--controlnet)")
+
+
+def add_structure_control(pipe: Any, settings: Settings) -> Any:
+    """The pipeline that takes a layout as well, on the same models: with ``--controlnet``
+    the ControlNet pipeline, else (unless the doodle is off) the T2I-Adapter one.
+
+    Both give exactly the plain pipeline's images when called without their ``image``, so
+    the service and the app use whichever comes back the same way. One structure control at a
+    time: a ControlNet replaces the doodle adapter."""
+    controlnet = load_controlnet(settings)
+    if controlnet is not None:
+        from .pipeline_controlnet import PhotoMakerStableDiffusionXLControlNetPipeline
+
+        if settings.doodle_adapter_location:
+            logger.info("a ControlNet is loaded, so the doodle adapter is not")
+        return PhotoMakerStableDiffusionXLControlNetPipeline.from_photomaker_pipe(
+            pipe, controlnet=controlnet
+        )
+    adapter = load_doodle_adapter(settings)
+    if adapter is None:
+        return pipe
+    from .pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
+
+    return PhotoMakerStableDiffusionXLAdapterPipeline.from_photomaker_pipe(pipe, adapter=adapter)
+
+
 def build_pipeline(settings: Settings) -> Any:
     """The ready pipeline for these settings."""
     if settings.tiny:
@@ -171,6 +257,7 @@ def build_pipeline(settings: Settings) -> Any:
 
         pipe = build_tiny_pipeline(pm_version=settings.pm_version, seed=0)
         load_style_lora(pipe, settings)
+        pipe = add_structure_control(pipe, settings)
         if settings.device != "auto":
             place(pipe, settings)
         return compile_unet(pipe, settings)
@@ -181,6 +268,7 @@ def build_pipeline(settings: Settings) -> Any:
     load_style_lora(pipe, settings)
     load_fp16_vae(pipe, settings)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = add_structure_control(pipe, settings)
     place(pipe, settings)
     return compile_unet(pipe, settings)
 
@@ -214,6 +302,33 @@ def build_analyzer(settings: Settings) -> Any:
         root=settings.face_root,
         force_cpu=settings.resolved_faces_on_cpu(),
     )
+
+
+def build_likeness_analyzer(settings: Settings, analyzer: Any = None) -> Any:
+    """The face analyzer that scores each result's likeness (:func:`faces.likeness`).
+
+    The service's own when it has one (V2, or cropping). V1 needs no faces, so it gets the
+    face pack only if it is already on this machine (the tiny one in tiny mode): a missing
+    pack gives ``None`` — "likeness n/a" — never a download or an error for an optional
+    score."""
+    if analyzer is not None:
+        return analyzer
+    from .faces import FaceAnalyzer
+
+    if settings.tiny:
+        from .tiny_faces import build_face_pack
+
+        return FaceAnalyzer(pack=str(build_face_pack(tiny_face_pack_folder())), force_cpu=True)
+    try:
+        return FaceAnalyzer(
+            pack=settings.face_pack,
+            root=settings.face_root,
+            force_cpu=settings.resolved_faces_on_cpu(),
+            allow_download=False,
+        )
+    except PhotoMakerInputError as error:
+        logger.info("no face pack for the likeness score, so likeness n/a: %s", error)
+        return None
 
 
 def build_service(settings: Settings) -> Any:

@@ -22,6 +22,10 @@ from typing import Any
 from .errors import PhotoMakerInputError
 
 DEFAULT_BASE_MODEL = "SG161222/RealVisXL_V4.0"
+#: The SDXL sketch T2I-Adapter the reference V2 demo uses for the doodle.
+DEFAULT_DOODLE_ADAPTER = "TencentARC/t2i-adapter-sketch-sdxl-1.0"
+#: Values of ``doodle_adapter`` that turn the doodle off.
+DOODLE_OFF = ("none", "off", "")
 
 #: Official checkpoints: version -> (hub repo id, file name in the repo).
 OFFICIAL_CHECKPOINTS = {
@@ -165,6 +169,20 @@ FIELDS: tuple[Field, ...] = (
         "Optional style LoRA (hub id, folder or .safetensors file) for a stylized look.",
     ),
     Field("style_lora_weight", float, 0.8, "Weight of the style LoRA."),
+    Field(
+        "doodle_adapter",
+        str,
+        DEFAULT_DOODLE_ADAPTER,
+        "SDXL T2I-Adapter (hub id or folder) that turns a doodle into the picture's layout, "
+        "loaded at start-up; 'none' turns the doodle off.",
+    ),
+    Field(
+        "controlnet",
+        str,
+        None,
+        "Optional SDXL ControlNet (hub id, folder or .safetensors file) for control images "
+        "(library and CLI; replaces the doodle adapter).",
+    ),
     Field("max_photos", int, 10, "Most ID photos accepted per request."),
     Field(
         "max_photo_megapixels",
@@ -252,6 +270,8 @@ class Settings:
     vae_fp16_fix: str | None = None
     style_lora: str | None = None
     style_lora_weight: float = 0.8
+    doodle_adapter: str = DEFAULT_DOODLE_ADAPTER
+    controlnet: str | None = None
     max_photos: int = 10
     max_photo_megapixels: float = 40.0
     host: str = "127.0.0.1"
@@ -326,6 +346,13 @@ class Settings:
         if os.path.isfile(os.path.expanduser(self.checkpoint)):
             return os.path.expanduser(self.checkpoint), None
         return self.checkpoint, self.checkpoint_file or weight
+
+    @property
+    def doodle_adapter_location(self) -> str | None:
+        """The doodle adapter to load (hub id or folder), or ``None`` when the doodle is off."""
+        if self.doodle_adapter is None or self.doodle_adapter.strip().lower() in DOODLE_OFF:
+            return None
+        return self.doodle_adapter
 
     def resolved_device(self) -> str:
         """``cuda``, ``mps`` or ``cpu``; ``auto`` picks the best available."""

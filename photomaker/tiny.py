@@ -45,6 +45,10 @@ __all__ = [
     "write_checkpoint",
     "write_tiny_checkpoint",
     "build_tiny_pipeline",
+    "build_tiny_t2i_adapter",
+    "build_tiny_controlnet",
+    "build_tiny_adapter_pipeline",
+    "build_tiny_controlnet_pipeline",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -306,6 +310,133 @@ def build_tiny_pipeline(
     )
     logger.info("Tiny PhotoMaker %s pipeline ready (random weights: outputs are noise)", pm_version)
     return pipe
+
+
+# --------------------------------------------------------------------------- doodle, ControlNet
+
+
+def build_tiny_t2i_adapter(seed: int = 0):
+    """A random T2I-Adapter of the SDXL type (``full_adapter_xl``) for the tiny UNet.
+
+    Its two feature maps match what the tiny UNet's down blocks add them to: ``[32, h, w]``
+    after the first block and ``[64, h, w]`` inside the second, at the latent size halved
+    (``downscale_factor`` 4 on a 64-px sketch gives 16×16, the tiny VAE's 32×32 latents after
+    one downsampling) — as SDXL's sketch adapter does at 1024 px with factor 16.
+    """
+    from diffusers import T2IAdapter
+
+    _seeded(seed, "t2i_adapter")
+    adapter = T2IAdapter(
+        in_channels=3,
+        channels=[32, 64],
+        num_res_blocks=1,
+        downscale_factor=4,
+        adapter_type="full_adapter_xl",
+    )
+    return adapter.eval()
+
+
+def build_tiny_controlnet(unet: nn.Module | None = None, seed: int = 0):
+    """A random ControlNet for the tiny UNet (``ControlNetModel.from_unet``).
+
+    ``from_unet`` copies the UNet's encoder and leaves the ControlNet's output convolutions
+    zero, as training starts; with zero outputs a control image would change nothing, so
+    they (and the conditioning embedding's last convolution) are drawn at random here. The
+    conditioning embedding downsamples once, the tiny VAE's factor 2.
+    """
+    from diffusers import ControlNetModel
+
+    if unet is None:
+        unet = build_tiny_components(seed)["unet"]
+    _seeded(seed, "controlnet")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    generator = torch.Generator().manual_seed(seed)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    zero_convs.append(controlnet.controlnet_cond_embedding.conv_out)
+    with torch.no_grad():
+        for conv in zero_convs:
+            fan_in = conv.weight[0].numel()
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / fan_in**0.5)
+            conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=generator))
+    return controlnet.eval()
+
+
+def _photomaker_checkpoint(
+    components: dict, pm_version: str, seed: int, cache_dir, checkpoint_format: str
+) -> Path:
+    """The tiny checkpoint file of build_tiny_pipeline, written once per folder."""
+    folder = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "photomaker-tiny"
+    checkpoint = folder / f"tiny-photomaker-{pm_version}-seed{seed}.{checkpoint_format}"
+    if not checkpoint.is_file():
+        write_tiny_checkpoint(
+            checkpoint.with_suffix(".tmp" + checkpoint.suffix),
+            pm_version,
+            seed,
+            unet=components["unet"],
+        ).rename(checkpoint)
+    return checkpoint
+
+
+def _build_tiny(cls, pm_version: str, seed: int, cache_dir, checkpoint_format: str, **extra):
+    components = build_tiny_components(seed)
+    checkpoint = _photomaker_checkpoint(components, pm_version, seed, cache_dir, checkpoint_format)
+    pipe = cls(**components, **{name: make(components["unet"]) for name, make in extra.items()})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_photomaker_adapter(
+        str(checkpoint), pm_version=pm_version, id_encoder_config=TINY_ENCODER_CONFIG
+    )
+    return pipe
+
+
+def build_tiny_adapter_pipeline(
+    pm_version: str = "v2",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_format: str = "bin",
+):
+    """A ready tiny ``PhotoMakerStableDiffusionXLAdapterPipeline`` (doodle) on the CPU.
+
+    Same SDXL and PhotoMaker weights as :func:`build_tiny_pipeline` with the same ``seed``,
+    plus :func:`build_tiny_t2i_adapter`."""
+    from photomaker.pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
+
+    return _build_tiny(
+        PhotoMakerStableDiffusionXLAdapterPipeline,
+        pm_version,
+        seed,
+        cache_dir,
+        checkpoint_format,
+        adapter=lambda unet: build_tiny_t2i_adapter(seed),
+    )
+
+
+def build_tiny_controlnet_pipeline(
+    pm_version: str = "v2",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_format: str = "bin",
+    num_controlnets: int = 1,
+):
+    """A ready tiny ``PhotoMakerStableDiffusionXLControlNetPipeline`` on the CPU.
+
+    Same SDXL and PhotoMaker weights as :func:`build_tiny_pipeline` with the same ``seed``;
+    the ControlNet(s) come from the tiny UNet *before* the PhotoMaker LoRA is fused, as a
+    ControlNet trained for the base model would. ``num_controlnets > 1`` gives a
+    ``MultiControlNetModel`` of differently seeded ones."""
+    from photomaker.pipeline_controlnet import PhotoMakerStableDiffusionXLControlNetPipeline
+
+    def controlnet(unet: nn.Module):
+        nets = [build_tiny_controlnet(unet, seed + k) for k in range(num_controlnets)]
+        return nets[0] if num_controlnets == 1 else nets
+
+    return _build_tiny(
+        PhotoMakerStableDiffusionXLControlNetPipeline,
+        pm_version,
+        seed,
+        cache_dir,
+        checkpoint_format,
+        controlnet=controlnet,
+    )
 
 
 from photomaker.tiny_faces import build_face_pack  # noqa: E402,F401

@@ -244,6 +244,7 @@ def test_build_pipeline_from_a_diffusers_folder_with_a_style_lora(tmp_path, monk
         checkpoint=str(checkpoint),
         style_lora=str(lora_file),
         style_lora_weight=0.6,
+        doodle_adapter="none",  # the default sketch adapter is a download
         device="cpu",
     )
     pipe = build_pipeline(settings)
