@@ -289,12 +289,12 @@ def server_error(err: BaseException) -> gr.Error:
 # --------------------------------------------------------------------------- the GPU part
 
 
-def gpu_runner(service: PhotoMakerService) -> Callable[..., Any]:
-    """``run_job(job, cancel=None)`` for the service: on ZeroGPU inside ``spaces.GPU`` with a
-    duration estimated from the job, elsewhere the service's own (``spaces.GPU`` would do
-    nothing there anyway)."""
+def gpu_runner(service: PhotoMakerService) -> Callable[..., Any] | None:
+    """``run_job(job, cancel=None)`` for the service on ZeroGPU: inside ``spaces.GPU``, with
+    a duration estimated from the job. Elsewhere None: the service's own (``spaces.GPU``
+    would do nothing there anyway)."""
     if not on_zerogpu():
-        return service.run_job
+        return None
 
     def gpu_seconds(job: GenerationJob) -> int:
         return service.estimate_seconds(job)
