@@ -446,7 +446,8 @@ class AppHandlers:
         return (
             gr.update(visible=True, interactive=usable),
             gr.update(visible=False),
-            gr.update(interactive=seed_used is not None),
+            "" if seed_used is None else str(int(seed_used)),
+            gr.update(value="Reuse this seed", interactive=seed_used is not None),
             gr.update(value=archive, visible=archive is not None),
         )
 
@@ -470,8 +471,8 @@ class AppHandlers:
 
     @staticmethod
     def randomize_changed(randomize: bool):
-        """The seed box is disabled while Randomize is on; the Reuse button label resets."""
-        return gr.update(interactive=not randomize), gr.update(value="Reuse this seed")
+        """The seed box is disabled while Randomize is on."""
+        return gr.update(interactive=not randomize)
 
     # -- photos ---------------------------------------------------------------------------
 
@@ -607,6 +608,10 @@ class AppHandlers:
         return photos, prompt, style
 
 
+def example_caption(photos: list[str], prompt: str, style: str) -> str:
+    return f"{style} · {len(photos)} photo{'s' if len(photos) > 1 else ''}"
+
+
 def _why_not(kind: str) -> str:
     return "Add photos to generate" if kind == "empty" else "Fix the photos to generate"
 
@@ -636,7 +641,7 @@ CSS = """
 #title p { color: var(--body-text-color); }
 #tiny-banner { background: #fff3cd; color: #533f03; border: 1px solid #e0c060;
                border-radius: 8px; padding: 10px 14px; font-weight: 600; }
-#tiny-banner p { margin: 0; color: #533f03; }
+#tiny-banner p, #tiny-banner strong, #tiny-banner em { margin: 0; color: #533f03; }
 .status { margin: 0; padding: 8px 12px; border-radius: 8px; border: 1px solid;
           font-weight: 600; font-size: var(--text-md); }
 .status-ok { color: #14532d; background: #f0fdf4; border-color: #86efac; }
@@ -677,6 +682,21 @@ CSS = """
     padding: 6px; border: 1px solid var(--border-color-primary); border-radius: 999px;
     background: var(--background-fill-primary); }
 #photo-view .delete-button svg { width: 14px; height: 14px; color: var(--body-text-color); }
+/* Error looks. Gradio 6.31's page titles every error toast "Error" (it drops gr.Error's
+   title, which API clients do get); ours differ by duration: a user mistake closes itself
+   (it has a timer), a server failure stays until closed. */
+.toast-body.error:has(.timer) { border-color: #b45309; background: #fffbeb; }
+.toast-body.error:has(.timer) .toast-title, .toast-body.error:has(.timer) .toast-icon,
+.toast-body.error:has(.timer) .toast-close { color: #92400e; }
+.toast-body.error:has(.timer) .timer { background: #b45309; }
+.toast-body.error .toast-title { font-size: 0; }
+.toast-body.error .toast-title::after { font-size: var(--text-md); }
+.toast-body.error:has(.timer) .toast-title::after { content: "Please check your input"; }
+.toast-body.error:not(:has(.timer)) .toast-title::after {
+    content: "Something went wrong on the server"; }
+.dark .toast-body.error:has(.timer) { background: #451a03; border-color: #f59e0b; }
+.dark .toast-body.error:has(.timer) .toast-title,
+.dark .toast-body.error:has(.timer) .toast-icon { color: #fde68a; }
 #generate-row { align-items: stretch; }
 #seed-row { align-items: end; }
 button:focus-visible, [role="button"]:focus-visible, input:focus-visible,
@@ -701,10 +721,19 @@ def theme() -> gr.themes.Base:
         button_primary_text_color="white",
         button_secondary_text_color="*neutral_800",
         checkbox_label_text_color="*neutral_800",
+        button_cancel_background_fill="#b91c1c",
+        button_cancel_background_fill_hover="#991b1b",
+        button_cancel_border_color="#b91c1c",
+        button_cancel_text_color="white",
+        button_cancel_text_color_hover="white",
+        button_cancel_background_fill_dark="#b91c1c",
+        button_cancel_text_color_dark="white",
         body_text_color_subdued_dark="*neutral_300",
         block_info_text_color_dark="*neutral_300",
-        block_label_text_color_dark="*primary_200",
-        block_title_text_color_dark="*primary_200",
+        block_label_text_color_dark="*primary_100",
+        block_title_text_color_dark="*primary_100",
+        block_label_background_fill_dark="*neutral_800",
+        input_placeholder_color_dark="*neutral_300",
     )
 
 
@@ -858,12 +887,15 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                     buttons=["download", "fullscreen"],
                     elem_id="gallery",
                 )
+                # The API's seed output; Gradio's Number shows 0 for "no value", so people
+                # see the seed in a text box that stays empty until the first result.
+                seed_used = gr.Number(label="Seed used", value=None, precision=0, visible="hidden")
                 with gr.Row(equal_height=False, elem_id="seed-row"):
-                    seed_used = gr.Number(
+                    seed_shown = gr.Textbox(
                         label="Seed used",
-                        value=None,
+                        placeholder="after the first run",
                         interactive=False,
-                        precision=0,
+                        max_lines=1,
                         elem_id="seed-used",
                         min_width=140,
                     )
@@ -898,6 +930,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                     value=steps_default,
                     precision=0,
                     info="More steps: finer detail, slower.",
+                    elem_id="steps",
                 )
                 style_strength = gr.Slider(
                     label="Style strength (%)",
@@ -909,7 +942,13 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                 )
             with gr.Row():
                 num_outputs = gr.Slider(
-                    label="Number of images", minimum=1, maximum=4, step=1, value=2, precision=0
+                    label="Number of images",
+                    minimum=1,
+                    maximum=4,
+                    step=1,
+                    value=2,
+                    precision=0,
+                    elem_id="num-outputs",
                 )
                 guidance_scale = gr.Slider(
                     label="Guidance scale",
@@ -935,10 +974,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
         examples = handlers.examples()
         if examples:
             example_view = gr.Gallery(
-                value=[
-                    (ex[0][0], f"{ex[2]} · {len(ex[0])} photo{'s' * (len(ex[0]) > 1)}")
-                    for ex in examples
-                ],
+                value=[(ex[0][-1], example_caption(*ex)) for ex in examples],
                 label="Examples (public-domain photos): click one to fill the form",
                 columns=3,
                 fit_columns=False,
@@ -1022,20 +1058,21 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             concurrency_id="gpu",
             trigger_mode="once",
         )
-        run.then(
-            handlers.finished,
-            [gallery, seed_used, usable],
-            [submit, stop, reuse, download],
-            api_visibility="private",
-            show_progress="hidden",
-        )
+        # .then() runs after a success only in Gradio 6.31's page; .failure() after an error.
+        for after in (run.then, run.failure):
+            after(
+                handlers.finished,
+                [gallery, seed_used, usable],
+                [submit, stop, seed_shown, reuse, download],
+                api_visibility="private",
+                show_progress="hidden",
+            )
         stop.click(
             handlers.stopped,
             usable,
             [submit, stop],
             cancels=[run],
             api_visibility="private",
-            queue=False,
         )
         photo_view.change(
             handlers.photos_from_view,
@@ -1063,7 +1100,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
         randomize_seed.change(
             handlers.randomize_changed,
             randomize_seed,
-            [seed, reuse],
+            seed,
             api_visibility="private",
             show_progress="hidden",
         )

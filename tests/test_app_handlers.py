@@ -184,7 +184,8 @@ def test_results_are_pngs_named_by_seed_with_settings(tmp_path, monkeypatch):
     paths = [Path(p) for p, _ in gallery]
     assert [p.name for p in paths] == ["photomaker-9-1.png", "photomaker-9-2.png"]
     assert all(p.is_relative_to(tmp_path) for p in paths)  # in Gradio's cache: delete_cache
-    submit, stop, reuse, download = app.AppHandlers.finished(gallery, seed, True)
+    submit, stop, shown, reuse, download = app.AppHandlers.finished(gallery, seed, True)
+    assert shown == "9"
     assert reuse["interactive"] is True and download["visible"] is True
     assert Path(download["value"]).name == "photomaker-9.zip"
 
