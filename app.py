@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import os
 import re
 import sys
 import threading
@@ -251,7 +252,7 @@ def api_example_photo() -> dict:
     """An example photo a remote client can fetch: this Space's own asset, else the original."""
     from gradio_client import handle_file
 
-    space = __import__("os").environ.get("SPACE_ID")
+    space = os.environ.get("SPACE_ID")
     if space:
         return handle_file(
             f"https://huggingface.co/spaces/{space}/resolve/main/assets/astronaut.jpg"
@@ -1172,16 +1173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _demo_from_env() -> gr.Blocks:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return create_app(Settings.from_env())
+
+
 def __getattr__(name: str) -> Any:
-    """``app.demo`` for Spaces and embedding apps: built from the environment on first use."""
+    """``app.demo`` for embedding apps and ``gradio app.py``'s reloader: built from the
+    environment on first use, so that importing this module loads nothing."""
     if name == "demo":
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-        )
-        globals()["demo"] = app = create_app(Settings.from_env())
+        globals()["demo"] = app = _demo_from_env()
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
     sys.exit(main())
+elif os.environ.get("SPACE_ID"):
+    # A Space may import this file and launch the Blocks it finds in it rather than run it:
+    # there `demo` is a plain module attribute, built at import as Spaces expect.
+    demo = _demo_from_env()
