@@ -609,6 +609,23 @@ class AppHandlers:
         return photos, prompt, style
 
 
+def merge_hint(steps: Any, style_strength: Any) -> str:
+    """Where the identity comes in, for the sliders' current values; a warning when never."""
+    from photomaker.service import merge_step
+
+    try:
+        steps, at = int(steps), merge_step(float(style_strength), int(steps))
+    except (TypeError, ValueError):
+        return ""
+    if at >= steps - 1:
+        when = "never comes in" if at >= steps else "comes in only at the last step"
+        return (
+            f"⚠ With these values the identity {when} ({steps} steps, merged from step "
+            f"{at + 1}): lower the style strength or add steps."
+        )
+    return f"The identity comes in at step {at + 1} of {steps}."
+
+
 def example_caption(photos: list[str], prompt: str, style: str) -> str:
     return f"{style} · {len(photos)} photo{'s' if len(photos) > 1 else ''}"
 
@@ -941,6 +958,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                     value=20,
                     info="Share of the steps before the identity is merged in.",
                 )
+            merge_note = gr.Markdown(merge_hint(steps_default, 20), elem_id="merge-hint")
             with gr.Row():
                 num_outputs = gr.Slider(
                     label="Number of images",
@@ -1097,6 +1115,15 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             seed_used,
             [seed, randomize_seed, advanced, reuse],
             api_visibility="private",
+        )
+        gr.on(
+            [steps.change, style_strength.change],
+            merge_hint,
+            [steps, style_strength],
+            merge_note,
+            api_visibility="private",
+            show_progress="hidden",
+            queue=False,
         )
         randomize_seed.change(
             handlers.randomize_changed,

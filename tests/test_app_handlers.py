@@ -284,3 +284,10 @@ def test_load_settings_restores_the_form(tmp_path):
     with pytest.raises(gr.Error, match="no PhotoMaker settings") as error:
         handlers.load_settings(str(plain))
     assert error.value.title == "Please check your input"
+
+
+def test_the_merge_hint_warns_when_the_identity_would_not_come_in():
+    assert app.merge_hint(50, 20) == "The identity comes in at step 11 of 50."
+    assert "never comes in" in app.merge_hint(4, 100)
+    assert "only at the last step" in app.merge_hint(4, 75)
+    assert app.merge_hint(None, 20) == ""
