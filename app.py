@@ -439,6 +439,8 @@ class AppHandlers:
     def finished(gallery: list | None, seed_used: int | None, usable: bool):
         """After a run (done or failed): Generate back, the seed reusable, a zip of results."""
         files = [item[0] for item in gallery or []]
+        if not files:  # no result yet (the hidden Number reads 0 then, not None)
+            seed_used = None
         archive = None
         if files and seed_used is not None:
             archive = str(
@@ -458,9 +460,11 @@ class AppHandlers:
         return gr.update(visible=True, interactive=usable), gr.update(visible=False)
 
     @staticmethod
-    def reuse_seed(seed_used: int | None):
+    def reuse_seed(seed_used: str | int | None):
         """Fix the seed to the last one used (Randomize off), and say so."""
-        if seed_used is None:
+        try:
+            seed_used = int(seed_used)
+        except (TypeError, ValueError):
             return gr.update(), gr.update(), gr.update(), gr.update()
         gr.Info(f"Seed {int(seed_used)} is set: Randomize seed is off, so the next run reuses it.")
         return (
@@ -1112,7 +1116,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
         )
         reuse.click(
             handlers.reuse_seed,
-            seed_used,
+            seed_shown,
             [seed, randomize_seed, advanced, reuse],
             api_visibility="private",
         )

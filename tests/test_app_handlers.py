@@ -291,3 +291,9 @@ def test_the_merge_hint_warns_when_the_identity_would_not_come_in():
     assert "never comes in" in app.merge_hint(4, 100)
     assert "only at the last step" in app.merge_hint(4, 75)
     assert app.merge_hint(None, 20) == ""
+
+
+def test_no_result_means_no_seed_to_reuse():
+    submit, stop, shown, reuse, download = app.AppHandlers.finished([], 0, True)
+    assert shown == "" and reuse["interactive"] is False and download["visible"] is False
+    assert app.AppHandlers.reuse_seed("")[0] == gr.update()

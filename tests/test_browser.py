@@ -299,6 +299,9 @@ def test_mistakes_look_like_mistakes_and_the_next_run_works(page, files):
     assert "Please check your input" in title.evaluate(
         "t => getComputedStyle(t, '::after').content"
     )  # not Gradio's bare "Error"
+    expect(page.locator("#generate")).to_be_visible()
+    expect(page.locator("#seed-used input")).to_have_value("")  # still no result, no seed
+    expect(page.locator("#reuse-seed")).to_be_disabled()
     _shoot(page, "app-error.png", full_page=False)
     for close in page.locator(".toast-close").all():
         close.click()
