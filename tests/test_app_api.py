@@ -165,6 +165,23 @@ def test_generate_two_photos(client, photos):
     assert names == [f"photomaker-{seed}-{n}.png" for n in (1, 2, 3)]
 
 
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_iphone_and_avif_photos_generate(client, photos, tmp_path, suffix):
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+    path = tmp_path / f"face{suffix}"
+    try:
+        Image.open(photos["faces"][0]).save(path)
+    except (KeyError, OSError) as err:
+        pytest.skip(f"this Pillow cannot write {suffix}: {err}")
+    gallery, _ = call(client, [str(path), photos["faces"][1]], steps=1)
+    assert len(gallery) == 1
+
+
 def test_results_carry_their_settings(client, photos):
     from photomaker.metadata import read_metadata
 

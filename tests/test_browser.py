@@ -283,6 +283,8 @@ def test_examples_are_thumbnails_that_fit_and_fill_the_form(page, viewport):
         assert box["x"] >= 0 and box["x"] + box["width"] <= viewport[0]
     page.locator("#examples .gallery-item").filter(has_text="Watercolor").click()
     expect(page.locator("#prompt textarea")).to_have_value(re.compile("reading a book"))
+    page.wait_for_timeout(1000)  # the smooth scroll
+    assert in_view(page, "#photo-view"), "the page stayed at the examples"
     expect(page.locator("#photo-status")).to_contain_text("Faces found in 3 of 3 photos")
     expect(page.locator("#generate")).to_be_enabled()
 
