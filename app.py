@@ -5,10 +5,11 @@ that remember their settings) and the event handlers of :class:`AppHandlers`; th
 out components and wires them.
 
 ``create_app(settings) -> gr.Blocks`` builds the app without touching anything else: tests and
-embedding apps call it. ``python app.py [flags]`` (also what Hugging Face Spaces and
-``gradio app.py`` run) builds it from flags and ``PHOTOMAKER_*`` variables and launches it.
-``import app; app.demo`` builds it from the environment on first access; importing the module
-alone loads nothing.
+embedding apps call it. ``python app.py [flags]`` (what ``gradio app.py`` runs too) builds it
+from flags and ``PHOTOMAKER_*`` variables and launches it. ``import app; app.demo`` builds it
+from the environment on first access; importing the module alone loads nothing, except on a
+Hugging Face Space (``SPACE_ID`` set), which may import this file and launch the ``demo`` it
+finds: there ``demo`` is built at import.
 
 One public API endpoint, ``/generate``; every other event is private.
 """
