@@ -2,7 +2,9 @@
 
 The same :class:`~photomaker.service.PhotoMakerService` as the app; every setting of the
 app (``--tiny``, ``--base-model``, ``--pm-version``, ...) is a flag here too. A mistake the
-user can fix prints its message and exits with status 2.
+user can fix prints its message and exits with status 2; a failure of the machine (out of
+memory, ...) prints its message and error id and exits with status 1. Every PNG written
+carries its settings (:mod:`photomaker.metadata`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import PhotoMakerInputError
+from .errors import PhotoMakerError, PhotoMakerInputError, PhotoMakerServerError
 from .service import (
     ASPECT_RATIOS,
     DEFAULT_ASPECT_RATIO,
@@ -25,6 +27,7 @@ from .settings import Settings, add_arguments
 from .styles import DEFAULT_STYLE
 
 EXIT_USER_ERROR = 2
+EXIT_SERVER_ERROR = 1
 
 
 def _say(text: str, err: bool = False) -> None:
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _generate(args: argparse.Namespace) -> int:
     from .images import load_id_images
     from .loading import build_service
+    from .metadata import save_results
 
     settings = Settings.from_namespace(args)
     steps = args.steps if args.steps is not None else (4 if settings.tiny else 50)
@@ -99,11 +103,16 @@ def _generate(args: argparse.Namespace) -> int:
     result = service.generate(request)
     for message in result.messages:
         _say(f"note: {message}", err=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     _say(f"seed: {result.seed}")
-    for i, image in enumerate(result.images):
-        path = args.out / f"photomaker-{result.seed}-{i + 1}.png"
-        image.save(path)
+    # Each PNG carries its settings (text chunks), like the app's downloads.
+    paths = save_results(
+        result,
+        settings,
+        args.out,
+        aspect_ratio=request.aspect_ratio,
+        scheduler=type(service.pipe.scheduler).__name__,
+    )
+    for path in paths:
         _say(str(path))
     if settings.tiny:
         _say("note: --tiny uses random weights; these images are noise.", err=True)
@@ -135,6 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhotoMakerInputError as err:
         _say(f"error: {err}", err=True)
         return EXIT_USER_ERROR
+    except PhotoMakerServerError as err:
+        error_id = f" (error id {err.error_id})" if err.error_id else ""
+        _say(f"error: {err}{error_id}", err=True)
+        return EXIT_SERVER_ERROR
+    except PhotoMakerError as err:  # e.g. GenerationCancelled
+        _say(f"error: {err}", err=True)
+        return EXIT_SERVER_ERROR
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USER_ERROR
 

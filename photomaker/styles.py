@@ -1,7 +1,9 @@
 """Style templates: a named prompt wrapper and a negative prompt.
 
-``style_templates.json`` (at the project root) is a list of
-``{"name": ..., "prompt": "... {prompt} ...", "negative_prompt": "..."}``. The user's prompt
+``style_templates.json`` is a list of
+``{"name": ..., "prompt": "... {prompt} ...", "negative_prompt": "..."}``: the file at the
+project root in a source checkout (the one to edit), else the copy that ``pip install .``
+ships inside the package (``setup.py`` copies it there at build time). The user's prompt
 replaces ``{prompt}`` (which must appear exactly once); the style's negative prompt is put
 in front of the user's. Templates are checked when they are loaded, so a broken file stops
 the app at start-up with a message naming the style, not at the first click.
@@ -20,7 +22,18 @@ from .errors import PhotoMakerInputError
 PLACEHOLDER = "{prompt}"
 DEFAULT_STYLE = "Photographic (Default)"
 NO_STYLE = "(No style)"
-STYLE_FILE = Path(__file__).resolve().parent.parent / "style_templates.json"
+
+
+def _style_file() -> Path:
+    """The project's top-level file in a source checkout, else the installed package's copy."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "style_templates.json"
+    if checkout.is_file() and (package.parent / "pyproject.toml").is_file():
+        return checkout
+    return package / "style_templates.json"
+
+
+STYLE_FILE = _style_file()
 
 
 @dataclass(frozen=True)

@@ -146,10 +146,6 @@ def load(gallery) -> list[np.ndarray]:
     return [np.asarray(Image.open(item["image"])) for item in gallery]
 
 
-def test_tiny_app_starts_quickly(client):
-    assert _server["startup_s"] < 60, f"app.py --tiny took {_server['startup_s']:.0f}s to start"
-
-
 def test_one_public_endpoint(client):
     info = client.view_api(print_info=False, return_format="dict")
     assert list(info["named_endpoints"]) == ["/generate"]
@@ -165,6 +161,62 @@ def test_generate_two_photos(client, photos):
     assert isinstance(seed, int) and 0 <= seed < 2**31
     assert all(item["caption"].startswith(f"seed {seed} · Photographic") for item in gallery)
     assert Image.open(gallery[0]["image"]).size == (64, 64)
+    names = [Path(item["image"]).name for item in gallery]
+    assert names == [f"photomaker-{seed}-{n}.png" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_iphone_and_avif_photos_generate(client, photos, tmp_path, suffix):
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:
+        pass
+    path = tmp_path / f"face{suffix}"
+    try:
+        Image.open(photos["faces"][0]).save(path)
+    except (KeyError, OSError) as err:
+        pytest.skip(f"this Pillow cannot write {suffix}: {err}")
+    gallery, _ = call(client, [str(path), photos["faces"][1]], steps=1)
+    assert len(gallery) == 1
+
+
+def test_results_carry_their_settings(client, photos):
+    from photomaker.metadata import read_metadata
+
+    gallery, seed = call(
+        client, photos["faces"], num_outputs=2, seed=77, steps=3, style="Watercolor",
+        style_strength=40, guidance_scale=6.5, negative_prompt="ugly, café",
+    )  # fmt: skip
+    meta = read_metadata(gallery[1]["image"])
+    assert (meta["seed"], meta["steps"], meta["image"], meta["num_images"]) == (77, 3, 2, 2)
+    assert meta["prompt"] == "a photo of a man img in the snow"
+    assert meta["negative_prompt"] == "ugly, café"
+    assert (meta["style"], meta["style_strength"], meta["guidance_scale"]) == (
+        "Watercolor",
+        40,
+        6.5,
+    )
+    assert meta["start_merge_step"] == 1  # int(40% of 3 steps)
+    assert meta["aspect_ratio"] == "1:1 square (1024×1024)" and meta["tiny"] is True
+    assert meta["photomaker_version"] == "v2" and meta["app"] == "photomaker-open"
+    with Image.open(gallery[1]["image"]) as image:
+        assert image.info["parameters"].splitlines()[-1].startswith("Steps: 3, Sampler: Euler")
+
+
+def test_api_page_has_real_examples_and_descriptions(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    parameters = info["named_endpoints"]["/generate"]["parameters"]
+    for parameter in parameters:
+        assert parameter["type"].get("description"), parameter["parameter_name"]
+    examples = {p["parameter_name"]: p["example_input"] for p in parameters}
+    photo = examples["photos"][0]
+    assert photo["url"].lower().endswith((".png", ".jpg")) and "pdf" not in photo["url"]
+    assert " img " in examples["prompt"] and examples["prompt"] != "Hello!!"
+    assert examples["style"] == "Photographic (Default)" and examples["steps"] >= 20
+    described = {p["parameter_name"]: p["type"]["description"] for p in parameters}
+    assert "1-100" in described["steps"]  # the API's range, not the UI slider's
 
 
 def test_same_seed_same_images(client, photos):
@@ -192,11 +244,11 @@ ERRORS = [
         r"No face found in photo 2",
     ),
     ("no photo with a face", lambda p: ([p["blank"]], {}), "No face found in the photo"),
-    ("unknown style", lambda p: (p["faces"], {"style": "Nope"}), "Style: .*Nope"),
+    ("unknown style", lambda p: (p["faces"], {"style": "Nope"}), r"Style \(style\): .*Nope"),
     ("unknown aspect ratio", lambda p: (p["faces"], {"aspect_ratio": "5:4"}), "5:4"),
     ("steps out of range", lambda p: (p["faces"], {"steps": 500}), "Steps.*100"),
     ("outputs out of range", lambda p: (p["faces"], {"num_outputs": 9}), "Number of images.*4"),
-    ("negative seed", lambda p: (p["faces"], {"seed": -5}), "Seed: .*minimum"),
+    ("negative seed", lambda p: (p["faces"], {"seed": -5}), r"Seed \(seed\): .*from 0"),
 ]
 
 
@@ -205,7 +257,175 @@ def test_errors_reach_the_user_and_the_next_request_works(client, photos, case, 
     from gradio_client.exceptions import AppError
 
     paths, changes = make(photos)
-    with pytest.raises(AppError, match=message):
+    with pytest.raises(AppError, match=message) as error:
         call(client, paths, **changes)
+    assert error.value.title == "Please check your input"
     gallery, _ = call(client, photos["faces"][:1], steps=1)
     assert len(gallery) == 1
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def raw_generate(data: list) -> tuple[str, object]:
+    """POST /generate as raw JSON (no client-side processing); (last SSE event, its data)."""
+    import json
+
+    url = app_url() + "gradio_api/call/generate"
+    body = json.dumps({"data": data}).encode()  # NaN stays NaN, as a careless client sends it
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}/{event_id}", timeout=300) as response:
+        lines = response.read().decode().splitlines()
+    events = [line[7:] for line in lines if line.startswith("event: ")]
+    datas = [line[6:] for line in lines if line.startswith("data: ")]
+    return events[-1], json.loads(datas[-1])
+
+
+def good_payload(photo_files: list[dict]) -> list:
+    return [
+        photo_files, "a photo of a man img in the snow", "blurry", "Photographic (Default)",
+        "1:1 square (1024×1024)", 2, 20, 1, 5.0, 1, False,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uploaded(photos) -> list[dict]:
+    """A face photo uploaded the way every client does (POST /gradio_api/upload), as the
+    file value /generate takes."""
+    import httpx
+
+    with open(photos["faces"][0], "rb") as f:
+        response = httpx.post(
+            app_url() + "gradio_api/upload", files={"files": ("face0.png", f)}, timeout=30
+        )
+    response.raise_for_status()
+    return [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in response.json()]
+
+
+BAD_VALUES = {
+    "photos": ["abc", 3, [1], {"path": 5}, [{"url": "x"}]],
+    "prompt": [3, ["a"], {"x": 1}],
+    "negative_prompt": [3, ["a"]],
+    "style": ["abc", None, 3, ["Watercolor"]],
+    "aspect_ratio": ["abc", None, 1.5],
+    "steps": ["abc", None, float("nan"), 2.5, True, 500, [3]],
+    "style_strength": ["abc", None, float("nan"), -1, {}],
+    "num_outputs": ["abc", None, 2.5, float("inf"), 9],
+    "guidance_scale": ["abc", None, float("nan"), 21],
+    "seed": ["abc", float("nan"), 1.5, -5, 2**40],
+    "randomize_seed": ["abc", None, 1, "true"],
+}
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [(name, value) for name, values in BAD_VALUES.items() for value in values],
+    ids=[f"{name}={value!r}" for name, values in BAD_VALUES.items() for value in values],
+)
+def test_wrong_types_name_the_parameter(uploaded, name, value):
+    data = good_payload(uploaded)
+    data[PARAMETERS.index(name)] = value
+    event, payload = raw_generate(data)
+    assert event == "error", payload
+    assert f"({name})" in payload["error"], payload["error"]
+    assert payload["title"] == "Please check your input"
+    assert "Traceback" not in payload["error"]
+
+
+def test_the_api_and_the_service_agree_on_whole_numbers(uploaded):
+    from photomaker.errors import PhotoMakerInputError
+    from photomaker.service import GenerationRequest, check_request
+
+    for name, value in (("steps", 2.5), ("seed", 1.5)):
+        data = good_payload(uploaded)
+        data[PARAMETERS.index(name)] = value
+        event, payload = raw_generate(data)
+        assert event == "error" and "whole number" in payload["error"]  # refused, not rounded
+        request = GenerationRequest(photos=[], prompt="a man img", randomize_seed=False)
+        setattr(request, name, value)
+        with pytest.raises(PhotoMakerInputError, match="whole number"):
+            check_request(request)
+
+
+def test_the_good_payload_works(uploaded):
+    event, payload = raw_generate(good_payload(uploaded))
+    assert event == "complete", payload
+    gallery, seed = payload
+    assert seed == 1 and len(gallery) == 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../../etc/hosts", "/tmp", "C:\\\\Windows\\\\win.ini"]
+)
+def test_server_paths_are_refused_with_a_message(uploaded, path):
+    data = good_payload([{"path": path, "meta": {"_type": "gradio.FileData"}}])
+    event, payload = raw_generate(data)
+    assert event == "error"
+    message = payload["error"]
+    assert "(photos)" in message and "on the server" in message and "handle_file" in message
+    assert payload["title"] == "Please check your input"
+    event, _ = raw_generate(good_payload(uploaded))  # and the server still serves
+    assert event == "complete"
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _submit(client, photo_paths, **changes):
+    from gradio_client import handle_file
+
+    kwargs = dict(
+        photos=[handle_file(p) for p in photo_paths],
+        prompt="a photo of a man img in the snow",
+        negative_prompt="blurry",
+        style="Photographic (Default)",
+        aspect_ratio="1:1 square (1024×1024)",
+        steps=2,
+        style_strength=20,
+        num_outputs=1,
+        guidance_scale=5.0,
+        seed=1,
+        randomize_seed=False,
+    )
+    kwargs.update(changes)
+    return client.submit(**kwargs, api_name="/generate")
+
+
+def test_cancel_does_not_disturb_other_jobs(photos):
+    """A user cancels a long job mid-run while two other users wait: both get exactly the
+    images of their solo runs, and the cancelled job's worker stops instead of running on."""
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    url = app_url()
+    others = [
+        dict(seed=11, num_outputs=2, steps=6),
+        dict(seed=12, num_outputs=1, steps=8, style="Watercolor"),
+    ]
+    solo_client = Client(url, verbose=False)
+    solo = [load(_submit(solo_client, photos["faces"], **o).result(timeout=300)[0]) for o in others]
+
+    victim_client, *other_clients = (Client(url, verbose=False) for _ in range(3))
+    victim = _submit(victim_client, photos["faces"], seed=5, steps=100, num_outputs=4)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until it is denoising (step progress shown)
+        status = victim.status()
+        if status.code in (Status.PROCESSING, Status.PROGRESS) and status.progress_data:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the long job never started denoising: {victim.status()}")
+    jobs = [_submit(c, photos["faces"], **o) for c, o in zip(other_clients, others, strict=True)]
+    time.sleep(0.5)  # both are queued behind the running job
+    assert victim.cancel()
+    results = [load(job.result(timeout=300)[0]) for job in jobs]
+    for got, want in zip(results, solo, strict=True):
+        assert len(got) == len(want)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    log = _server["log"]
+    deadline = time.monotonic() + 60
+    while "a cancelled generation stopped" not in log.read_text():
+        assert time.monotonic() < deadline, "the cancelled job did not stop at a step"
+        time.sleep(0.5)

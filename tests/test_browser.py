@@ -1,7 +1,10 @@
-"""The app in a real browser: Debian's headless Chromium driven by Playwright.
+"""The app in a real browser: headless Chromium driven by Playwright, at a desktop width
+(1280×900) and a phone width (390×844).
 
-Upload two photos, see their face status, write a prompt, Generate, see the images; then a
-prompt without the trigger word shows the error, and the next valid click works.
+Covers the photo area (one preview, ✓/✗ badges, per-photo remove, coloured status, Generate
+off with its reason), Enter to generate and Shift+Enter for a new line, results in view and
+whole, the seed controls, downloads and "Load settings from image", examples that fit a phone,
+the error looks, the Stop button, and text contrast (WCAG AA, 4.5:1, from computed colours).
 
 Set ``PHOTOMAKER_SCREENSHOTS=docs`` to also write the README's screenshots there.
 """
@@ -11,11 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.test_app_api import app_url
+from tests.test_app_api import _server, app_url
 
 
 def find_chromium() -> str | None:
@@ -36,6 +42,9 @@ FLAGS = [
     "--no-first-run",
 ]
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DESKTOP, PHONE = (1280, 900), (390, 844)
+WIDTHS = pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+PROMPT = "a photo of a woman img as an astronaut, smiling"
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,39 +56,95 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     sync_api.expect.set_options(timeout=60_000)  # generation runs on 2 CPU cores
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(app_url())
-        page.wait_for_selector("#generate")
-        yield page
+        yield browser
         browser.close()
 
 
-def _photos() -> list[str]:
+@pytest.fixture
+def viewport():
+    return DESKTOP
+
+
+@pytest.fixture
+def page(browser, viewport):
+    width, height = viewport
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, accept_downloads=True
+    )
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url())
+    page.wait_for_selector("#generate")
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Photos the tests upload: the example photos, one as HEIC, and one without a face."""
+    folder = tmp_path_factory.mktemp("browser-photos")
+    blank = folder / "no-face.png"
+    Image.new("RGB", (256, 256), (90, 120, 200)).save(blank)
+    heic = None
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        heic = folder / "iphone.heic"
+        Image.open(ASSETS / "astronaut_flip.jpg").save(heic)
+    except Exception:  # pillow-heif missing or without an encoder
+        heic = None
     photos = sorted(str(p) for p in ASSETS.glob("astronaut*.jpg"))
     if len(photos) < 2:
         pytest.skip("the example photos in assets/ are missing")
-    return photos[:2]
+    return {"photos": photos, "blank": str(blank), "heic": str(heic) if heic else None}
 
 
-def _shoot(page, name: str) -> None:
+def upload(page, paths) -> None:
+    page.locator("#photo-view input[type=file]").first.set_input_files(list(paths))
+
+
+def generate_with_enter(page, prompt: str = PROMPT) -> None:
+    box = page.locator("#prompt textarea")
+    box.fill(prompt)
+    box.press("Enter")
+
+
+def _shoot(page, name: str, full_page: bool = True) -> None:
     folder = os.environ.get("PHOTOMAKER_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         path = Path(folder) / name
         page.wait_for_timeout(1500)  # let toasts finish sliding in
-        page.screenshot(path=str(path), full_page=True)
-        from PIL import Image
-
+        page.screenshot(path=str(path), full_page=full_page)
         with Image.open(path) as shot:  # a palette PNG: a third of the size, same look
             small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
         small.save(path, optimize=True)
+
+
+def in_view(page, selector: str) -> bool:
+    return page.evaluate(
+        """(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+                      return r.top >= -2 && r.top < window.innerHeight - 80; }""",
+        selector,
+    )
+
+
+def fits_width(page, selector: str) -> bool:
+    return page.evaluate(
+        """(sel) => { const el = document.querySelector(sel);
+                      const r = el.getBoundingClientRect();
+                      return r.right <= window.innerWidth + 1 && el.scrollWidth <= el.clientWidth + 1; }""",
+        selector,
+    )
+
+
+# --------------------------------------------------------------------------- tests
 
 
 def test_tiny_banner_is_visible(page):
@@ -88,49 +153,304 @@ def test_tiny_banner_is_visible(page):
     assert "random" in banner.inner_text()
 
 
-def test_upload_generate_error_and_recover(page):
+@WIDTHS
+def test_photo_area_badges_remove_status_and_generate_state(page, files, viewport):
     from playwright.sync_api import expect
 
-    page.locator("#photos input[type=file]").set_input_files(_photos())
-    status = page.locator("#photo-status")
-    expect(status).to_contain_text("Faces found in 2 of 2 photos")
-    expect(page.locator("#preview")).to_contain_text("photo 2: face found")
+    submit, status = page.locator("#generate"), page.locator("#photo-status .status")
+    expect(submit).to_be_disabled()
+    expect(submit).to_have_text("Add photos to generate")  # the reason, on the button
+    expect(status).to_have_class(re.compile("status-empty"))
+    assert not page.locator("#photos").is_visible()  # one preview, not a file list as well
 
-    page.locator("#prompt textarea").fill("a photo of a woman img as an astronaut, smiling")
-    page.locator("#generate").click()
-    images = page.locator("#gallery img")
+    upload(page, [files["photos"][0], files["blank"]])
+    view = page.locator("#photo-view")
+    expect(view.locator(".caption-label").filter(has_text="2 ✗ no face")).to_be_visible()
+    expect(view.locator(".caption-label").filter(has_text="1 ✓ face")).to_be_visible()
+    expect(status).to_have_class(re.compile("status-error"))
+    expect(status).to_contain_text("No face found in photo 2")
+    expect(submit).to_be_disabled()
+    expect(submit).to_have_text("Fix the photos to generate")
+    colour = status.evaluate("el => getComputedStyle(el).color")
+    assert colour != page.locator("#prompt label span").first.evaluate(
+        "el => getComputedStyle(el).color"
+    )  # coloured, not the plain text colour
+
+    view.locator(".gallery-item").nth(1).locator(".delete-button").click()  # remove photo 2
+    expect(status).to_have_class(re.compile("status-ok"))
+    expect(status).to_contain_text("Faces found in 1 of 1 photo")
+    expect(submit).to_be_enabled()
+    expect(submit).to_have_text("Generate")
+    expect(view.locator(".gallery-item")).to_have_count(1)
+    assert fits_width(page, "#photo-view")
+
+
+def test_iphone_photos_are_accepted(page, files):
+    from playwright.sync_api import expect
+
+    if not files["heic"]:
+        pytest.skip("pillow-heif cannot write HEIC here")
+    upload(page, [files["photos"][0], files["heic"]])
+    expect(page.locator("#photo-status .status")).to_contain_text("Faces found in 2 of 2 photos")
+    expect(page.locator("#photo-view .caption-label").filter(has_text="2 ✓ face")).to_be_visible()
+
+
+@WIDTHS
+def test_enter_generates_results_in_view_whole_and_remembered(page, files, viewport, tmp_path):
+    from playwright.sync_api import expect
+
+    seed_used, reuse = page.locator("#seed-used input"), page.locator("#reuse-seed")
+    expect(seed_used).to_have_value("")  # nothing shown before the first result
+    expect(reuse).to_be_disabled()
+    page.locator("#advanced").get_by_text("Advanced options").click()
+    expect(page.locator("#seed input")).to_be_disabled()  # Randomize is on
+
+    upload(page, files["photos"][:2])
+    expect(page.locator("#generate")).to_be_enabled()
+    box = page.locator("#prompt textarea")
+    box.fill("a photo of a woman img")
+    box.press("Shift+Enter")  # a new line, not a run
+    box.press_sequentially("as an astronaut")
+    assert box.input_value() == "a photo of a woman img\nas an astronaut"
+    page.wait_for_timeout(500)
+    assert page.locator("#gallery img").count() == 0
+    box.press("Enter")
+    images = page.locator("#gallery .gallery-item img")
     expect(images).to_have_count(2)  # the default number of images
-    seed = page.locator("#seed-used input")
-    expect(seed).to_have_value(re.compile(r"^\d+$"))
-    first_seed = seed.input_value()
-    _shoot(page, "app-tiny-result.png")
+    assert in_view(page, "#gallery"), "the results are not in view after submitting"
+    expect(seed_used).to_have_value(re.compile(r"^\d+$"))
+    seed = seed_used.input_value()
+    _shoot(page, "app-desktop.png" if viewport == DESKTOP else "app-phone.png", full_page=False)
 
-    page.locator("#prompt textarea").fill("a photo of a woman as an astronaut")
-    page.locator("#generate").click()
+    # Whole images (no crop) and whole captions (no ellipsis).
+    for img in images.all():
+        natural = img.evaluate("i => i.naturalWidth / i.naturalHeight")
+        box_ratio = img.evaluate(
+            "i => { const r = i.getBoundingClientRect(); return r.width / r.height; }"
+        )
+        fit = img.evaluate("i => getComputedStyle(i).objectFit")
+        assert fit == "contain" or abs(natural - box_ratio) < 0.02
+    for caption in page.locator("#gallery .caption-label").all():
+        assert caption.evaluate("c => c.scrollWidth <= c.clientWidth + 1")
+        assert caption.inner_text().startswith(f"seed {seed} · ")
+    assert all(
+        re.search(rf"photomaker-{seed}-[12]\.png$", src or "")
+        for src in images.evaluate_all("imgs => imgs.map(i => i.getAttribute('src'))")
+    )
+
+    # Download all: a zip of the PNGs, which carry their settings.
+    with page.expect_download() as download_info:
+        page.locator("#download-all").click()
+    download = download_info.value
+    assert download.suggested_filename == f"photomaker-{seed}.zip"
+    archive = tmp_path / "all.zip"
+    download.save_as(archive)
+    with zipfile.ZipFile(archive) as z:
+        assert z.namelist() == [f"photomaker-{seed}-1.png", f"photomaker-{seed}-2.png"]
+        z.extract(f"photomaker-{seed}-2.png", tmp_path)
+
+    # Reuse this seed: visible confirmation; the seed box is enabled and holds it.
+    expect(reuse).to_be_enabled()
+    reuse.click()
+    expect(page.locator(".toast-body").filter(has_text=f"Seed {seed} is set")).to_be_visible()
+    expect(reuse).to_have_text("✓ Seed reused")
+    expect(page.locator("#seed input")).to_be_enabled()
+    expect(page.locator("#seed input")).to_have_value(seed)
+    expect(page.locator("#randomize input")).not_to_be_checked()
+
+    # Load settings from image: a fresh page gets the form back from the PNG.
+    page.reload()
+    page.wait_for_selector("#generate")
+    page.locator("#load-settings input[type=file]").set_input_files(
+        str(tmp_path / f"photomaker-{seed}-2.png")
+    )
+    expect(page.locator("#prompt textarea")).to_have_value(
+        "a photo of a woman img\nas an astronaut"
+    )
+    expect(page.locator("#seed input")).to_have_value(seed)
+    expect(page.locator("#randomize input")).not_to_be_checked()
+
+
+@WIDTHS
+def test_examples_are_thumbnails_that_fit_and_fill_the_form(page, viewport):
+    from playwright.sync_api import expect
+
+    thumbnails = page.locator("#examples .gallery-item img")
+    expect(thumbnails).to_have_count(3)
+    assert fits_width(page, "#examples")
+    for thumb in thumbnails.all():
+        box = thumb.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= viewport[0]
+    page.locator("#examples .gallery-item").filter(has_text="Watercolor").click()
+    expect(page.locator("#prompt textarea")).to_have_value(re.compile("reading a book"))
+    page.wait_for_timeout(1000)  # the smooth scroll
+    assert in_view(page, "#photo-view"), "the page stayed at the examples"
+    expect(page.locator("#photo-status")).to_contain_text("Faces found in 3 of 3 photos")
+    expect(page.locator("#generate")).to_be_enabled()
+
+
+def test_mistakes_look_like_mistakes_and_the_next_run_works(page, files):
+    from playwright.sync_api import expect
+
+    upload(page, files["photos"][:2])
+    expect(page.locator("#generate")).to_be_enabled()
+    generate_with_enter(page, "a photo of a woman as an astronaut")
     toast = page.locator(".toast-body").filter(has_text="no trigger word 'img'")
     expect(toast).to_be_visible()
-    _shoot(page, "app-tiny-error.png")
+    title = toast.locator(".toast-title")
+    assert "Please check your input" in title.evaluate(
+        "t => getComputedStyle(t, '::after').content"
+    )  # not Gradio's bare "Error"
+    expect(page.locator("#generate")).to_be_visible()
+    expect(page.locator("#seed-used input")).to_have_value("")  # still no result, no seed
+    expect(page.locator("#reuse-seed")).to_be_disabled()
+    _shoot(page, "app-error.png", full_page=False)
     for close in page.locator(".toast-close").all():
         close.click()
+    generate_with_enter(page)
+    expect(page.locator("#gallery .gallery-item img")).to_have_count(2)
+    expect(page.locator("#generate")).to_be_visible()
 
-    page.locator("#prompt textarea").fill("a photo of a woman img as an astronaut")
+
+def test_stop_button_cancels_and_next_job_runs(page, files):
+    from playwright.sync_api import expect
+
+    upload(page, files["photos"][:2])
+    expect(page.locator("#generate")).to_be_enabled()
+    page.locator("#advanced").get_by_text("Advanced options").click()
+    for selector, value in (("#steps", "100"), ("#num-outputs", "4")):
+        field = page.locator(f"{selector} input[type=number]")
+        field.fill(value)
+        field.press("Enter")
+    log_before = _server["log"].read_text().count("a cancelled generation stopped")
+    generate_with_enter(page)
+    stop = page.locator("#stop")
+    expect(stop).to_be_visible()
+    expect(page.locator("#generate")).to_be_hidden()
+    expect(page.locator("#gallery")).to_contain_text(re.compile(r"\d+/100"))  # denoising
+    stop.click()
+    expect(page.locator(".toast-body").filter(has_text="Stopped")).to_be_visible()
+    expect(page.locator("#generate")).to_be_visible()
+    expect(stop).to_be_hidden()
+    deadline = time.monotonic() + 60  # the worker stopped at a step, not at the end
+    while _server["log"].read_text().count("a cancelled generation stopped") == log_before:
+        assert time.monotonic() < deadline, "the cancelled generation kept running"
+        time.sleep(0.5)
+
+    for selector, value in (("#steps", "3"), ("#num-outputs", "2")):
+        field = page.locator(f"{selector} input[type=number]")
+        field.fill(value)
+        field.press("Enter")
     page.locator("#generate").click()
-    expect(images).to_have_count(2)
-    expect(seed).not_to_have_value(first_seed)  # a new random seed, shown
-    assert page.locator(".toast-body").filter(has_text="trigger").count() == 0
+    expect(page.locator("#gallery .gallery-item img")).to_have_count(2)
+    expect(page.locator("#seed-used input")).to_have_value(re.compile(r"^\d+$"))
 
 
-def test_clear_photos(page):
+CONTRAST_JS = """
+() => {
+  const parse = (c) => {
+    const m = c && c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const over = (top, bottom) => ({
+    r: top.r * top.a + bottom.r * (1 - top.a), g: top.g * top.a + bottom.g * (1 - top.a),
+    b: top.b * top.a + bottom.b * (1 - top.a), a: 1});
+  const lum = ({r, g, b}) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    const chain = [];
+    for (let e = el; e; e = e.parentElement) chain.unshift(e);
+    let bg = {r: 255, g: 255, b: 255, a: 1};
+    for (const e of chain) {
+      const style = getComputedStyle(e);
+      let c = parse(style.backgroundColor);
+      const image = style.backgroundImage;
+      if ((!c || c.a === 0) && image && image.includes("gradient")) c = parse(image);
+      if (c && c.a > 0) bg = over(c, bg);
+    }
+    return bg;
+  };
+  const opacity = (el) => {
+    let o = 1;
+    for (let e = el; e; e = e.parentElement) o *= Number(getComputedStyle(e).opacity);
+    return o;
+  };
+  const visible = (el) => {
+    const r = el.getBoundingClientRect();
+    const s = getComputedStyle(el);
+    return r.width > 0 && r.height > 0 && s.visibility !== "hidden" && s.display !== "none";
+  };
+  const exempt = (el) => el.closest("[disabled], [aria-disabled='true'], .toast-wrap, svg, img");
+  const ratio = (el, colour) => {
+    const bg = background(el);
+    const c = parse(colour);
+    const fg = over({...c, a: c.a * opacity(el)}, bg);
+    const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    return (a + 0.05) / (b + 0.05);
+  };
+  const failures = [];
+  const seen = new Set();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement;
+    if (!el || seen.has(el) || !n.textContent.trim() || !visible(el) || exempt(el)) continue;
+    seen.add(el);
+    const value = ratio(el, getComputedStyle(el).color);
+    if (value < 4.5) failures.push(`${value.toFixed(2)} ${n.textContent.trim().slice(0, 50)}`);
+  }
+  for (const el of document.querySelectorAll("input, textarea")) {
+    if (!visible(el) || exempt(el) || ["file", "range", "checkbox", "radio"].includes(el.type)) continue;
+    const colour = el.value ? getComputedStyle(el).color : getComputedStyle(el, "::placeholder").color;
+    const text = el.value || el.placeholder;
+    if (!text) continue;
+    const value = ratio(el, colour);
+    if (value < 4.5) failures.push(`${value.toFixed(2)} [${el.tagName}] ${text.slice(0, 50)}`);
+  }
+  return failures;
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "viewport, dark",
+    [(DESKTOP, False), (PHONE, False), (DESKTOP, True)],
+    ids=["desktop", "phone", "desktop-dark"],
+)
+def test_all_text_has_enough_contrast(page, files, viewport, dark):
+    """WCAG AA: 4.5:1 for every piece of visible text (disabled controls are exempt)."""
     from playwright.sync_api import expect
 
-    page.locator("#clear").click()
-    expect(page.locator("#preview")).to_be_hidden()
-    expect(page.locator("#photo-status")).to_have_text("")
+    if dark:
+        page.goto(app_url() + "?__theme=dark")
+        page.wait_for_selector("#generate")
 
+    page.locator("#advanced").get_by_text("Advanced options").click()
+    page.get_by_text("Tips").click()
 
-def test_example_photos_fill_the_form(page):
-    from playwright.sync_api import expect
+    def check():
+        page.wait_for_timeout(1000)  # let fades and transitions finish
+        first = page.evaluate(CONTRAST_JS)
+        if not first:
+            return []
+        page.wait_for_timeout(2000)  # a busy machine: only what lasts counts
+        return sorted(set(first) & set(page.evaluate(CONTRAST_JS)))
 
-    page.locator("table tr").filter(has_text="Watercolor").first.click()
-    expect(page.locator("#prompt textarea")).to_have_value(re.compile("reading a book"))
-    expect(page.locator("#photo-status")).to_contain_text("Faces found in 3 of 3 photos")
+    failures = check()
+    upload(page, [files["photos"][0], files["blank"]])  # the error status too
+    expect(page.locator("#photo-status .status-error")).to_be_visible()
+    failures += check()
+    page.locator("#photo-view .gallery-item").nth(1).locator(".delete-button").click()
+    generate_with_enter(page)
+    expect(page.locator("#gallery .gallery-item img")).to_have_count(2)
+    expect(page.locator("#photo-status .status-ok")).to_be_visible()
+    expect(page.locator("#reuse-seed")).to_be_enabled()
+    failures += check()
+    assert not failures, "text below 4.5:1:\n" + "\n".join(sorted(set(failures)))
+    focus = page.locator("#generate")
+    focus.focus()
+    outline = focus.evaluate("b => getComputedStyle(b).outlineWidth")
+    assert outline not in ("0px", ""), "no visible focus ring on Generate"

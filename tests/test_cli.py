@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from photomaker.cli import EXIT_USER_ERROR, main
+from photomaker.metadata import read_metadata
 from photomaker.tiny_faces import draw_tiny_face
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,11 @@ def test_generate_writes_pngs_in_tiny_mode(photos, tmp_path):
     assert len(written) == 2 and all(p.is_file() and p.parent == out for p in written)
     assert Image.open(written[0]).size == (48, 64)  # the default 3:4 preset, tiny
     assert "noise" in proc.stderr
+    meta = read_metadata(written[1])  # each PNG carries its settings
+    assert (meta["seed"], meta["steps"], meta["image"], meta["num_images"]) == (42, 2, 2, 2)
+    assert meta["prompt"] == "a photo of a man img in the snow"
+    assert meta["style"] == "Comic book" and meta["aspect_ratio"] == "3:4 portrait (896×1152)"
+    assert meta["tiny"] is True and meta["sampler"] == "Euler"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,299 @@
+"""The app in-process: create_app() without side effects, the handlers' error looks, cancel,
+input checks, the photo preview mapping, settings from an image. A stand-in service keeps
+these fast; the real one is driven through the running app in test_app_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+import app
+from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMakerServerError
+from photomaker.metadata import build_metadata, save_png
+from photomaker.service import GenerationResult
+from photomaker.settings import Settings
+from photomaker.styles import default_styles
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StandInService:
+    """What the app reads from a PhotoMakerService; generate() does what the test says."""
+
+    trigger_word = "img"
+    pm_version = "v2"
+    needs_faces = True
+    skip_faceless_photos = False
+
+    def __init__(self, generate=None):
+        self.style_names = default_styles().names
+        self.pipe = SimpleNamespace(scheduler=None)
+        self._generate = generate
+        self.calls = []
+
+    def generate(self, request, run_job=None, cancel=None):
+        self.calls.append((request, cancel))
+        return self._generate(request, cancel)
+
+
+def run_generate(handlers: app.AppHandlers, **changes):
+    args = dict(
+        photos=["a.png"], prompt="a man img", negative_prompt="", style="Photographic (Default)",
+        aspect_ratio="1:1 square (1024×1024)", steps=20, style_strength=20, num_outputs=1,
+        guidance_scale=5.0, seed=1, randomize_seed=False,
+    )  # fmt: skip
+    args.update(changes)
+    return asyncio.run(handlers.generate(**args))
+
+
+def handlers_raising(error: Exception) -> app.AppHandlers:
+    def generate(request, cancel):
+        raise error
+
+    return app.AppHandlers(StandInService(generate), Settings(tiny=True))
+
+
+# --------------------------------------------------------------------------- the factory
+
+
+def test_importing_the_app_builds_nothing():
+    code = (
+        "import sys, app; "
+        "assert 'photomaker.loading' not in sys.modules, 'import built a service'; "
+        "assert 'demo' not in vars(app); print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_create_app_takes_a_service_and_css_theme_apply_without_launch_arguments():
+    demo = app.create_app(Settings(tiny=True), service=StandInService())
+    assert isinstance(demo, gr.Blocks)
+    # An embedding app (or Gradio's reload mode) calls launch() with no css/theme.
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None)
+    try:
+        with urllib.request.urlopen(demo.local_url + "config", timeout=30) as response:
+            config = json.load(response)
+        assert "#photo-view" in config["css"]
+        assert config["theme"] == app.theme().name
+        assert demo.delete_cache == app.DELETE_CACHE
+    finally:
+        demo.close()
+
+
+def test_compile_is_refused_on_zerogpu(monkeypatch):
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(PhotoMakerInputError, match="not supported on ZeroGPU"):
+        app.create_app(Settings(tiny=True, compile=True), service=StandInService())
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    app.check_settings(Settings(tiny=True, compile=True))  # fine elsewhere
+
+
+# --------------------------------------------------------------------------- error looks
+
+
+def test_user_mistakes_and_server_failures_look_different(caplog):
+    with pytest.raises(gr.Error) as mistake:
+        run_generate(handlers_raising(PhotoMakerInputError("The prompt has no trigger word.")))
+    assert mistake.value.title == "Please check your input"
+    assert mistake.value.message == "The prompt has no trigger word."
+
+    oom = PhotoMakerServerError("Out of GPU memory: try fewer images.", error_id="abc123")
+    with pytest.raises(gr.Error) as failure:
+        run_generate(handlers_raising(oom))
+    assert failure.value.title == "Something went wrong on the server"
+    assert "Out of GPU memory" in failure.value.message and "abc123" in failure.value.message
+
+    caplog.set_level(logging.ERROR, logger="photomaker.app")
+    with pytest.raises(gr.Error) as bug:
+        run_generate(handlers_raising(KeyError("secret internals")))
+    message = bug.value.message
+    assert bug.value.title == "Something went wrong on the server"
+    assert "secret internals" not in message and "Traceback" not in message
+    error_id = message.rsplit("error id ", 1)[1].rstrip(")")
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the traceback is in the log
+
+
+def test_cancelling_the_handler_sets_the_service_cancel_event():
+    started, stopped = threading.Event(), threading.Event()
+
+    def generate(request, cancel):
+        started.set()
+        assert cancel.wait(30), "the cancel event was never set"
+        stopped.set()
+        raise GenerationCancelled("stopped at step 3")
+
+    handlers = app.AppHandlers(StandInService(generate), Settings(tiny=True))
+
+    async def scenario():
+        task = asyncio.create_task(
+            handlers.generate(
+                ["a.png"],
+                "a man img",
+                "",
+                "Photographic (Default)",
+                "1:1 square (1024×1024)",
+                20,
+                20,
+                1,
+                5.0,
+                1,
+                False,
+            )  # fmt: skip
+        )
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()  # what Gradio does for the Stop button or a client's cancel
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert stopped.wait(10)
+
+
+def test_results_are_pngs_named_by_seed_with_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+
+    def generate(request, cancel):
+        images = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")]
+        return GenerationResult(
+            images=images, seed=9, prompt="p img", negative_prompt="n", style=request.style,
+            width=64, height=64, start_merge_step=4, face_reports=None,
+            messages=["The merge step is the last step."], timings={}, steps=20,
+            style_strength=20.0, guidance_scale=5.0, user_prompt=request.prompt,
+            user_negative_prompt="",
+        )  # fmt: skip
+
+    handlers = app.AppHandlers(StandInService(generate), Settings(tiny=True))
+    gallery, seed = run_generate(handlers, num_outputs=2)
+    assert seed == 9
+    paths = [Path(p) for p, _ in gallery]
+    assert [p.name for p in paths] == ["photomaker-9-1.png", "photomaker-9-2.png"]
+    assert all(p.is_relative_to(tmp_path) for p in paths)  # in Gradio's cache: delete_cache
+    submit, stop, shown, reuse, download = app.AppHandlers.finished(gallery, seed, True)
+    assert shown == "9"
+    assert reuse["interactive"] is True and download["visible"] is True
+    assert Path(download["value"]).name == "photomaker-9.zip"
+
+
+# --------------------------------------------------------------------------- input checks
+
+STEPS = app.Param("steps", "Steps", "integer", 1, 100)
+SEED = app.Param("seed", "Seed", "integer", 0, 2**31 - 1, optional=True)
+
+
+@pytest.mark.parametrize(
+    "param, value, expected",
+    [
+        (STEPS, 30, 30),
+        (STEPS, 30.0, 30),
+        (SEED, None, None),
+        (app.Param("g", "G", "number", 0, 20), 7, 7.0),
+        (app.Param("r", "R", "bool"), False, False),
+        (app.Param("s", "S", "choice", choices=("a", "b")), "b", "b"),
+    ],
+)
+def test_good_values_pass(param, value, expected):
+    assert app.check_value(param, value) == expected
+
+
+@pytest.mark.parametrize(
+    "param, value, message",
+    [
+        (STEPS, 2.5, "whole number .* got 2.5"),
+        (STEPS, "abc", "got 'abc'"),
+        (STEPS, None, "required"),
+        (STEPS, float("nan"), "got nan"),
+        (STEPS, True, "got True"),
+        (STEPS, 0, "from 1 to 100, got 0"),
+        (SEED, 1.5, "whole number"),
+        (app.Param("r", "Randomize seed", "bool"), 1, "true or false"),
+        (app.Param("s", "Style", "choice", choices=("a",)), None, "required"),
+        (app.Param("p", "Prompt", "text"), "x" * 5000, "too long"),
+    ],
+)
+def test_bad_values_name_the_parameter(param, value, message):
+    with pytest.raises(
+        PhotoMakerInputError, match=rf"^{param.label} \({param.name}\): .*{message}"
+    ):
+        app.check_value(param, value)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("abc", "expected a list"),
+        ([{"path": 3}], "item 1 is not a file"),
+        ([{"path": "/etc/passwd"}], "photo 1 names a file on the server"),
+    ],
+)
+def test_file_values_must_be_uploads(payload, message):
+    with pytest.raises(PhotoMakerInputError, match=rf"Photos \(photos\): {message}"):
+        app.check_file_payload("Photos", "photos", payload)
+    app.check_file_payload("Photos", "photos", [{"path": "https://example.com/a.png"}])
+
+
+# --------------------------------------------------------------------------- photo area
+
+
+def test_the_preview_maps_back_to_the_uploads():
+    photos = ["/up/a.jpg", "/up/b.heic", "/up/c.png"]
+    view = [("/cache/1.png", "1 ✓ face"), ("/cache/3.png", "3 ✗ no face"), ("/up/new.jpg", None)]
+    assert app.AppHandlers.photos_from_view(view, photos) == [
+        "/up/a.jpg",
+        "/up/c.png",
+        "/up/new.jpg",
+    ]
+    unchanged = [("/cache/1.png", "1 ✓ face"), ("/cache/2.png", "2 ✓"), ("/cache/3.png", "3 ✓")]
+    assert app.AppHandlers.photos_from_view(unchanged, photos) == gr.skip()
+    assert app.AppHandlers.photos_from_view([], photos) is None
+
+
+def test_load_settings_restores_the_form(tmp_path):
+    result = GenerationResult(
+        images=[Image.new("RGB", (8, 8))], seed=123, prompt="styled", negative_prompt="sn",
+        style="Watercolor", width=1024, height=1024, start_merge_step=1, face_reports=None,
+        messages=[], timings={}, steps=4, style_strength=80.0, guidance_scale=7.5,
+        user_prompt="a woman img reading", user_negative_prompt="blurry",
+    )  # fmt: skip
+    path = save_png(result.images[0], tmp_path / "x.png", build_metadata(result, Settings()))
+    handlers = app.AppHandlers(StandInService(), Settings())
+    values = handlers.load_settings(str(path))
+    prompt, negative, style, ratio, steps, strength, count, guidance, seed, randomize, adv = values
+    assert (prompt, negative, style) == ("a woman img reading", "blurry", "Watercolor")
+    assert ratio == "1:1 square (1024×1024)"
+    assert steps["value"] == 4 and steps["minimum"] == 4  # below the UI's 20: range widened
+    assert strength["value"] == 80 and strength["maximum"] == 80
+    assert guidance["value"] == 7.5 and seed["value"] == 123 and randomize is False
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(gr.Error, match="no PhotoMaker settings") as error:
+        handlers.load_settings(str(plain))
+    assert error.value.title == "Please check your input"
+
+
+def test_the_merge_hint_warns_when_the_identity_would_not_come_in():
+    assert app.merge_hint(50, 20) == "The identity comes in at step 11 of 50."
+    assert "never comes in" in app.merge_hint(4, 100)
+    assert "only at the last step" in app.merge_hint(4, 75)
+    assert app.merge_hint(None, 20) == ""
+
+
+def test_no_result_means_no_seed_to_reuse():
+    submit, stop, shown, reuse, download = app.AppHandlers.finished([], 0, True)
+    assert shown == "" and reuse["interactive"] is False and download["visible"] is False
+    assert app.AppHandlers.reuse_seed("")[0] == gr.update()
