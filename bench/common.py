@@ -196,7 +196,8 @@ def lora_state_dict(
 ) -> dict[str, torch.Tensor]:
     """A random UNet LoRA in the released layout: ``unet.<attn>.processor.to_q_lora.down.weight``
     ``[rank, in]`` and ``...up.weight`` ``[out, rank]``, for every attention projection."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+    device = torch.device(device)
+    generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed)
     lora = {}
     for name, (fan_in, fan_out) in attention_projections(unet).items():
         attn, _, proj = name.rpartition(".to_")

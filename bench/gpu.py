@@ -550,10 +550,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.size = "tiny" if args.dry_run else "full"
     args.plan = args.plan or [RunSpec.parse(x) for x in DEFAULT_PLAN]
-    if args.dry_run:
-        args.plan = [
-            RunSpec(s.mode, s.backend, min(s.steps, 3), min(s.images, 2)) for s in args.plan
-        ]
+    if args.dry_run:  # few steps and images; runs that become the same are run once
+        small = [RunSpec(s.mode, s.backend, min(s.steps, 3), min(s.images, 2)) for s in args.plan]
+        args.plan = list(dict.fromkeys(small))
     args.device = args.device or ("cpu" if args.dry_run else "cuda")
     args.dtype = args.dtype or ("float32" if args.dry_run else "bfloat16")
     args.compile_backend = args.compile_backend or ("eager" if args.dry_run else "inductor")
