@@ -251,6 +251,15 @@ SIZES = {
         "lora_rank": PHOTOMAKER_LORA_RANK,
         "image_size": 1024,
     },
+    "small": {  # bench/cpu_stages.py: real-size encoders and VAE, the small UNet
+        "unet": SMALL_UNET,
+        "text_encoder": SDXL_TEXT_ENCODER,
+        "text_encoder_2": SDXL_TEXT_ENCODER_2,
+        "vae": SDXL_VAE,
+        "id_encoder": PHOTOMAKER_ID_ENCODER,
+        "lora_rank": SMALL_LORA_RANK,
+        "image_size": 128,
+    },
     "tiny": {
         "unet": TINY_UNET,
         "text_encoder": TINY_TEXT_ENCODER,

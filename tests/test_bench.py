@@ -116,13 +116,16 @@ def test_run_specs_and_plan():
     for bad in ("full/eager/50", "gpu/eager/50x1", "full/fast/50x1", "full/eager/0x1", "full"):
         with pytest.raises(Exception, match="MODE|mode"):
             gpu.RunSpec.parse(bad)
-    ordered = gpu.order_plan([gpu.RunSpec.parse(s) for s in (
+    specs = [gpu.RunSpec.parse(s) for s in (
         "sequential-offload/eager/5x1", "full/compile/50x1", "model-offload/eager/50x1",
-        "full/eager/50x1", "full/unet/20")])  # fmt: skip
-    assert [s.name for s in ordered] == [
-        "full/unet/20", "full/eager/50x1", "full/compile/50x1", "model-offload/eager/50x1",
-        "sequential-offload/eager/5x1",
-    ]  # fmt: skip
+        "full/eager/50x1", "full/unet/20")]  # fmt: skip
+    groups = [(g, [s.name for s in runs]) for g, runs in gpu.group_plan(specs)]
+    assert groups == [
+        ("full", ["full/unet/20", "full/eager/50x1"]),
+        ("model-offload", ["model-offload/eager/50x1"]),
+        ("full (compiled)", ["full/compile/50x1"]),
+        ("sequential-offload", ["sequential-offload/eager/5x1"]),
+    ]
 
     args = gpu.parse_args([])
     assert [s.name for s in args.plan] == list(gpu.DEFAULT_PLAN)
