@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -399,6 +400,15 @@ def _f(value, digits=2, suffix="") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+def _error_line(text: str) -> str:
+    """The line of a traceback that names the exception (else its last line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
 def markdown(data: dict) -> str:
     dev, ver = data["device"], data["versions"]
     lines = [
@@ -434,8 +444,7 @@ def markdown(data: dict) -> str:
     ]
     for run in data["runs"]:
         if run["status"] != "ok":
-            why = run.get("error", run.get("reason", ""))
-            why = why.strip().splitlines()[-1] if why.strip() else ""
+            why = _error_line(run.get("error", run.get("reason", "")))
             lines.append(f"| {run['name']} | {run['status']}: {why[:120]} | | | | | | | | |")
             continue
         unet = run["backend"] == "unet"
@@ -457,6 +466,12 @@ def markdown(data: dict) -> str:
         "per step / step time) as a share of the dense bf16 peak. *peak VRAM*:",
         "`torch.cuda.max_memory_allocated` during the call (weights included).",
     ]
+    if data["settings"]["dry_run"]:
+        lines.append(
+            "\nDry run: sequential offload cannot run with the CPU as its execution device"
+            " (accelerate's hooks fail to move weights there), so its error here is expected; it"
+            " runs on a GPU."
+        )
     compiled = [r for r in data["runs"] if r["status"] == "ok" and "compile_and_first_call_s" in r]
     for run in compiled:
         lines.append(
