@@ -210,7 +210,14 @@ def memory(device: torch.device) -> dict:
     }
 
 
-def free_memory(device: torch.device) -> None:
+def free_memory(device: torch.device, compiled: bool = False) -> None:
+    """Free cached memory; with ``compiled``, first drop the compiled graphs, which hold the
+    UNet of a finished pipeline."""
+    if compiled:
+        try:
+            torch._dynamo.reset()
+        except Exception:
+            pass
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -346,6 +353,8 @@ def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -
         result["compile_and_first_call_s"] = time.perf_counter() - first
     graphs = _compiled_graphs()
     reset_peak(device)
+    if device.type == "cuda":  # what is resident before the call: the weights of full mode
+        result["allocated_before_gb"] = torch.cuda.memory_allocated(device) / GB
     result.update(timed_call(pipe, clock, call_kwargs(args, spec.steps, spec.images)))
     result.update(memory(device))
     if spec.backend == "compile":  # > 0 means the timed call recompiled (it should not)
@@ -439,13 +448,13 @@ def markdown(data: dict) -> str:
         f" CFG 5, negative prompt, {data['settings']['photos']} ID photo(s), start_merge_step 10.",
         "",
         "| Run | Status | s / image | s / image at 50 steps | step ms | before loop s | after loop s"
-        " | peak VRAM GB | TFLOP/s | % of peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | peak VRAM GB | resident before GB | TFLOP/s | % of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in data["runs"]:
         if run["status"] != "ok":
             why = _error_line(run.get("error", run.get("reason", "")))
-            lines.append(f"| {run['name']} | {run['status']}: {why[:120]} | | | | | | | | |")
+            lines.append(f"| {run['name']} | {run['status']}: {why[:120]} | | | | | | | | | |")
             continue
         unet = run["backend"] == "unet"
         fraction = run.get("step_fraction_of_peak") if not unet else run.get("fraction_of_peak")
@@ -454,6 +463,7 @@ def markdown(data: dict) -> str:
             f"| {'-' if unet else _f(run['seconds_per_image_at_50_steps']) + (' (extrapolated)' if run.get('extrapolated_to_50_steps') else '')} "
             f"| {_f(run['step_s'] * 1000, 1)} | {'-' if unet else _f(run['before_loop_s'])} "
             f"| {'-' if unet else _f(run['after_loop_s'])} | {_f(run.get('peak_allocated_gb'))} "
+            f"| {_f(run.get('allocated_before_gb'))} "
             f"| {_f(run.get('tflops_per_s'), 0)} | {_f(fraction * 100 if fraction else None, 0)} |"
         )
     lines += [
@@ -464,7 +474,8 @@ def markdown(data: dict) -> str:
         "encoding and setup; *after loop*: VAE decode + PIL. *TFLOP/s*: the call's FLOPs",
         "(`bench/flops.py`) / its seconds; *% of peak*: the denoising steps' TFLOP/s (UNet FLOPs",
         "per step / step time) as a share of the dense bf16 peak. *peak VRAM*:",
-        "`torch.cuda.max_memory_allocated` during the call (weights included).",
+        "`torch.cuda.max_memory_allocated` during the call (weights included); *resident before*:",
+        "`torch.cuda.memory_allocated` just before it (the weights kept on the GPU).",
     ]
     if data["settings"]["dry_run"]:
         lines.append(
@@ -696,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
             data["elapsed_s"] = elapsed()
             write(data, args.out_dir)
         del pipe
-        free_memory(device)
+        free_memory(device, compiled=True)
     data["elapsed_s"] = elapsed()
     write(data, args.out_dir)
     failed = [r["name"] for r in data["runs"] if r["status"] == "error"]

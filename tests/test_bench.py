@@ -155,7 +155,7 @@ def test_run_specs_and_plan():
 def fake_results() -> dict:
     ok = {"status": "ok", "seconds": 3.2, "seconds_per_image": 3.2, "seconds_per_image_at_50_steps": 3.2,
           "extrapolated_to_50_steps": False, "step_s": 0.055, "before_loop_s": 0.3, "after_loop_s": 0.15,
-          "peak_allocated_gb": 10.2, "tflops_per_s": 214.0, "step_fraction_of_peak": 0.25}  # fmt: skip
+          "peak_allocated_gb": 10.2, "allocated_before_gb": 8.21, "tflops_per_s": 214.0, "step_fraction_of_peak": 0.25}  # fmt: skip
     return {
         "started": "2026-01-01T00:00:00+00:00",
         "device": {
@@ -236,7 +236,10 @@ def test_results_are_written_and_plotted(tmp_path):
     assert json.loads((tmp_path / "results-gpu.json").read_text()) == data
     md = (tmp_path / "results-gpu.md").read_text()
     assert "NVIDIA H100 80GB HBM3" in md and "989.4" in md
-    assert "| full/eager/50x1 | ok | 3.20 | 3.20 | 55.0 | 0.30 | 0.15 | 10.20 | 214 | 25 |" in md
+    assert (
+        "| full/eager/50x1 | ok | 3.20 | 3.20 | 55.0 | 0.30 | 0.15 | 10.20 | 8.21 | 214 | 25 |"
+        in md
+    )
     assert "error: torch.OutOfMemoryError: CUDA out of memory" in md
     assert "60.00 (extrapolated)" in md
     assert "| eager, s / image | 3.20 s | ≤ 3.0 s | not met |" in md
