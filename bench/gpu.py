@@ -8,9 +8,10 @@ InsightFace). Each run is one pipeline call at 1024², CFG 5, a negative prompt,
 ``start_merge_step`` 10, one ID photo:
 
 * seconds per image (``torch.cuda.synchronize`` + ``time.perf_counter`` around the call);
-* time per denoising step (CUDA events at each step's end, via ``callback_on_step_end``: the
-  UNet with CFG plus the scheduler), the time before the first step (text and ID encoding)
-  and after the last one (VAE decode, PIL conversion);
+* time per denoising step (median of the times between CUDA events at each step's end, via
+  ``callback_on_step_end``: the UNet with CFG plus the scheduler), the time before the first
+  step (text and ID encoding; marked at the scheduler's first ``scale_model_input``) and after
+  the last one (VAE decode, PIL conversion);
 * peak VRAM (``torch.cuda.max_memory_allocated``, reset before each run);
 * achieved TFLOP/s and its fraction of the device's dense bf16 peak, from ``bench/flops.py``.
 
@@ -19,9 +20,10 @@ forwards at batch 2. Modes: ``full`` (everything on the GPU), ``model-offload``
 (``enable_model_cpu_offload``), ``sequential-offload`` (``enable_sequential_cpu_offload``); each
 mode gets a freshly built pipeline and one short warm-up call. ``compile`` runs
 ``torch.compile`` on the UNet of another fresh pipeline (its first call's time is reported as
-the compile time), after the eager runs of full and model-offload mode. Runs with fewer than 50 steps also report the time a 50-step
-call would take (the measured time outside the loop + 50 × the measured step): the
-sequential-offload run uses that, as its steps are slow.
+the compile time), after the eager runs of full and model-offload mode. Runs with fewer than 50
+steps also report the time a 50-step call would take (the measured time outside the loop and
+the first step + 49 × the median step): the sequential-offload run uses that, as its steps are
+slow.
 
 Each run is in its own ``try``: an out-of-memory or compile error is recorded and the next run
 goes on. Results are rewritten after every run, to ``results-gpu.md`` and ``results-gpu.json``
@@ -285,35 +287,47 @@ def call_kwargs(args, steps: int, images: int) -> dict:
 
 
 def timed_call(pipe, clock: Clock, kwargs: dict) -> dict:
-    """One pipeline call: wall seconds, and from the step marks the step time and the time
-    before the first step and after the last one."""
-    marks = []
+    """One pipeline call: wall seconds; from marks at the first step's start (the scheduler's
+    first ``scale_model_input``) and at each step's end (``callback_on_step_end``), the step time
+    and the time before the first step and after the last one."""
+    marks, first = [], []
 
     def on_step_end(pipeline, step, timestep, tensors):
         marks.append(clock.mark())
         return tensors
 
-    clock.sync()
-    wall = time.perf_counter()
-    start = clock.mark()
-    images = pipe(callback_on_step_end=on_step_end, **kwargs).images
-    end = clock.mark()
-    clock.sync()
-    wall = time.perf_counter() - wall
+    scale_model_input = pipe.scheduler.scale_model_input
+
+    def mark_first_step(*args, **kwargs):
+        if not first:
+            first.append(clock.mark())
+        return scale_model_input(*args, **kwargs)
+
+    pipe.scheduler.scale_model_input = mark_first_step  # an instance attribute, removed below
+    try:
+        clock.sync()
+        wall = time.perf_counter()
+        start = clock.mark()
+        images = pipe(callback_on_step_end=on_step_end, **kwargs).images
+        end = clock.mark()
+        clock.sync()
+        wall = time.perf_counter() - wall
+    finally:
+        del pipe.scheduler.scale_model_input
     if len(images) != kwargs["num_images_per_prompt"]:
         raise RuntimeError(f"{len(images)} images, expected {kwargs['num_images_per_prompt']}")
     ends = [clock.seconds(start, m) for m in marks]
-    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
-    step = statistics.median(steps) if steps else (ends[0] if ends else float("nan"))
-    before = ends[0] - step if ends else float("nan")
-    after = clock.seconds(start, end) - ends[-1] if ends else float("nan")
+    begin = clock.seconds(start, first[0]) if first else float("nan")
+    steps = [b - a for a, b in zip([begin, *ends], ends, strict=False)]
+    step = statistics.median(steps[1:] or steps) if steps else float("nan")
     return {
         "seconds": wall,
         "steps_measured": len(marks),
-        "step_s": step,
-        "step_s_mean": statistics.fmean(steps) if steps else step,
-        "before_loop_s": before,
-        "after_loop_s": after,
+        "step_s": step,  # median, the first step left out (it may include one-off work)
+        "first_step_s": steps[0] if steps else float("nan"),
+        "step_s_mean": statistics.fmean(steps) if steps else float("nan"),
+        "before_loop_s": begin,
+        "after_loop_s": clock.seconds(start, end) - ends[-1] if ends else float("nan"),
     }
 
 
@@ -360,8 +374,11 @@ def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -
     if spec.backend == "compile":  # > 0 means the timed call recompiled (it should not)
         result["graphs_compiled_in_timed_call"] = _compiled_graphs() - graphs
     result["seconds_per_image"] = result["seconds"] / spec.images
-    outside = result["before_loop_s"] + result["after_loop_s"]
-    result["seconds_per_image_at_50_steps"] = (outside + 50 * result["step_s"]) / spec.images
+    if spec.steps == 50:
+        result["seconds_per_image_at_50_steps"] = result["seconds_per_image"]
+    else:  # measured outside the loop + the first step + 49 median steps
+        outside = result["before_loop_s"] + result["after_loop_s"] + result["first_step_s"]
+        result["seconds_per_image_at_50_steps"] = (outside + 49 * result["step_s"]) / spec.images
     result["extrapolated_to_50_steps"] = spec.steps != 50
     return result
 
