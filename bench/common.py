@@ -1,0 +1,272 @@
+"""Shared by the benchmarks: random-weight models from ``bench.sdxl_configs``, a PhotoMaker
+checkpoint in the released layout, the real CLIP tokenizer, and the environment's versions.
+
+Imports only torch, diffusers, transformers and the light parts of ``photomaker`` (encoders,
+pipeline): no gradio, insightface, open_clip or onnx, so ``bench/gpu.py`` runs on a machine that
+has none of them. (``photomaker.tiny`` is not used here for that reason: it imports onnx.)
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import sdxl_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_MAX_LENGTH = 77
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def bpe_vocabulary_path(explicit: str | os.PathLike | None = None) -> Path:
+    """CLIP's BPE merges file: ``explicit``, ``$PHOTOMAKER_CLIP_BPE``, ``.whl/`` (put there by
+    ``bench/prepare_gpu.sh``) or the installed ``open-clip-torch`` distribution (not imported)."""
+    candidates = [explicit, os.environ.get("PHOTOMAKER_CLIP_BPE"), ROOT / ".whl" / BPE_NAME]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    try:
+        path = Path(
+            importlib.metadata.distribution("open-clip-torch").locate_file(f"open_clip/{BPE_NAME}")
+        )
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is not None and path.is_file():
+        return path
+    raise FileNotFoundError(
+        f"CLIP's {BPE_NAME} was not found: pass --bpe PATH, set PHOTOMAKER_CLIP_BPE, run "
+        "bench/prepare_gpu.sh (copies it into .whl/), or pip install --no-deps open-clip-torch"
+    )
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_files(bpe: Path) -> Path:
+    """vocab.json + merges.txt in the Hugging Face layout (as ``photomaker.tiny`` builds them)."""
+    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(merge.split()) for merge in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder = Path(tempfile.mkdtemp(prefix="photomaker-bench-tokenizer-"))
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return folder
+
+
+def clip_tokenizers(bpe: str | os.PathLike | None = None):
+    """SDXL's two tokenizers: the real CLIP vocabulary; the second pads with ``"!"``."""
+    from transformers import CLIPTokenizer
+
+    folder = _tokenizer_files(bpe_vocabulary_path(bpe))
+    return tuple(
+        CLIPTokenizer(
+            str(folder / "vocab.json"),
+            str(folder / "merges.txt"),
+            pad_token=pad,
+            model_max_length=CLIP_MAX_LENGTH,
+        )
+        for pad in ("<|endoftext|>", "!")
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_unet(config: dict, device: str | torch.device = "cpu"):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device(device):
+        return UNet2DConditionModel(**config).eval()
+
+
+def build_vae(config: dict, device: str | torch.device = "cpu"):
+    from diffusers import AutoencoderKL
+
+    with torch.device(device):
+        return AutoencoderKL(**config).eval()
+
+
+def build_text_encoder(config: dict, projection: bool, device: str | torch.device = "cpu"):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    with torch.device(device):
+        return cls(CLIPTextConfig(**config)).eval()
+
+
+def id_encoder_config(size: str = "full"):
+    from photomaker.encoders import IDEncoderConfig
+
+    return IDEncoderConfig(**sdxl_configs.SIZES[size]["id_encoder"])
+
+
+def build_id_encoder(pm_version: str, size: str = "full", device: str | torch.device = "cpu"):
+    from photomaker.encoders import build_id_encoder as build
+
+    with torch.device(device):
+        return build(pm_version, id_encoder_config(size)).eval()
+
+
+def scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler.from_config(sdxl_configs.SDXL_SCHEDULER)
+
+
+def build_components(
+    size: str = "full",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    bpe: str | os.PathLike | None = None,
+    unet_config: dict | None = None,
+) -> dict:
+    """SDXL components with random weights, built directly on ``device`` (fast on a GPU), then
+    cast to ``dtype``; keyword arguments of the pipeline constructors."""
+    torch.manual_seed(seed)
+    spec = sdxl_configs.SIZES[size]
+    tokenizer, tokenizer_2 = clip_tokenizers(bpe)
+    return {
+        "vae": cast(build_vae(spec["vae"], device), dtype),
+        "text_encoder": cast(build_text_encoder(spec["text_encoder"], False, device), dtype),
+        "text_encoder_2": cast(build_text_encoder(spec["text_encoder_2"], True, device), dtype),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "unet": cast(build_unet(unet_config or spec["unet"], device), dtype),
+        "scheduler": scheduler(),
+    }
+
+
+def cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module.to(dtype)`` unless it is already that dtype (diffusers warns on every cast)."""
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def attention_projections(unet: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{module path: (in, out)}`` of every attn1/attn2 to_q, to_k, to_v, to_out.0: what the
+    PhotoMaker LoRA adapts."""
+    found = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, nn.Linear) and (".attn1." in name or ".attn2." in name):
+            if name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
+                found[name] = (module.in_features, module.out_features)
+    return found
+
+
+def lora_state_dict(
+    unet: nn.Module,
+    rank: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A random UNet LoRA in the released layout: ``unet.<attn>.processor.to_q_lora.down.weight``
+    ``[rank, in]`` and ``...up.weight`` ``[out, rank]``, for every attention projection."""
+    device = torch.device(device)
+    generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed)
+    lora = {}
+    for name, (fan_in, fan_out) in attention_projections(unet).items():
+        attn, _, proj = name.rpartition(".to_")
+        prefix = f"unet.{attn}.processor.to_{proj.replace('out.0', 'out')}_lora"
+        down = torch.randn(rank, fan_in, generator=generator, device=device) / fan_in**0.5
+        up = torch.randn(fan_out, rank, generator=generator, device=device) * (0.01 / rank**0.5)
+        lora[f"{prefix}.down.weight"] = down.to(dtype)
+        lora[f"{prefix}.up.weight"] = up.to(dtype)
+    return lora
+
+
+def photomaker_state_dict(
+    unet: nn.Module,
+    pm_version: str = "v2",
+    size: str = "full",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    lora_rank: int | None = None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"id_encoder": ..., "lora_weights": ...}`` as in ``photomaker-v*.bin``, random weights."""
+    torch.manual_seed(seed + 1)
+    encoder = cast(build_id_encoder(pm_version, size, device), dtype)
+    rank = lora_rank or sdxl_configs.SIZES[size]["lora_rank"]
+    return {
+        "id_encoder": {k: v.detach() for k, v in encoder.state_dict().items()},
+        "lora_weights": lora_state_dict(unet, rank, device, dtype, seed + 2),
+    }
+
+
+# --------------------------------------------------------------------------- LoRA state
+
+
+def lora_layers(unet: nn.Module) -> list[nn.Module]:
+    """The PEFT LoRA layers in ``unet`` (empty when no adapter is loaded)."""
+    return [m for m in unet.modules() if hasattr(m, "merged_adapters") and hasattr(m, "lora_A")]
+
+
+def lora_is_fused(unet: nn.Module) -> bool:
+    layers = lora_layers(unet)
+    return bool(layers) and all(getattr(m, "merged", False) for m in layers)
+
+
+def ensure_lora_fused(pipe, fused: bool = True) -> None:
+    """Fuse (or unfuse) the PhotoMaker LoRA into the UNet, whatever loading already did."""
+    layers = lora_layers(pipe.unet)
+    if not layers or lora_is_fused(pipe.unet) == fused:
+        return
+    if fused:
+        pipe.fuse_lora(components=["unet"])
+    else:
+        pipe.unfuse_lora(components=["unet"])
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "diffusers", "transformers", "peft", "accelerate", "huggingface-hub"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "-"
+    found["torch"] = torch.__version__
+    found["cuda"] = str(torch.version.cuda)
+    return found
+
+
+def say(*parts) -> None:
+    """Progress for the person running a benchmark: stdout, flushed at once."""
+    print(*parts, flush=True)  # noqa: T201

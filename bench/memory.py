@@ -1,0 +1,342 @@
+"""Memory: parameter bytes per component, the VRAM floor of each memory mode, and the peak
+RSS of the tiny app and of one CLI generation.
+
+* Parameter bytes are counted on the meta device from the real-size configs
+  (``bench/sdxl_configs.py``): exact, instant, no weights.
+* The VRAM floor of a mode is what must be on the GPU at once for the weights alone:
+  ``full`` holds every model; ``model-offload`` (``enable_model_cpu_offload``) holds one model
+  at a time, so its floor is the largest (the UNet); ``sequential-offload``
+  (``enable_sequential_cpu_offload``) holds one leaf module at a time, so its floor is the
+  largest single layer. Activations come on top (the UNet's at 1024², the VAE decoder's): those
+  are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md).
+* Peak RSS: ``python app.py --tiny`` started, one request through ``gradio_client``, then the
+  server's ``VmHWM`` (peak resident set, /proc); ``python -m photomaker generate --tiny`` run
+  once, its ``ru_maxrss``.
+
+    python bench/memory.py          # writes bench/results-memory.md and .json (≈ 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch import nn
+
+from bench import common, sdxl_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+META = torch.device("meta")
+GB = 1e9
+MODES = ("full", "model-offload", "sequential-offload")
+
+
+def parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def largest_leaf(module: nn.Module) -> tuple[str, int]:
+    """The module holding the most parameters of its own (not its children's)."""
+    best = ("", 0)
+    for name, child in module.named_modules():
+        own = sum(p.numel() for p in child.parameters(recurse=False))
+        if own > best[1]:
+            best = (name, own)
+    return best
+
+
+def components() -> dict[str, nn.Module]:
+    """The real-size models on meta, by pipeline component name."""
+    from peft import LoraConfig
+
+    models = {
+        "unet": common.build_unet(sdxl_configs.SDXL_UNET, META),
+        "text_encoder": common.build_text_encoder(sdxl_configs.SDXL_TEXT_ENCODER, False, META),
+        "text_encoder_2": common.build_text_encoder(sdxl_configs.SDXL_TEXT_ENCODER_2, True, META),
+        "id_encoder_v1": common.build_id_encoder("v1", "full", META),
+        "id_encoder_v2": common.build_id_encoder("v2", "full", META),
+        "vae": common.build_vae(sdxl_configs.SDXL_VAE, META),
+    }
+    lora_unet = common.build_unet(sdxl_configs.SDXL_UNET, META)
+    config = LoraConfig(
+        r=sdxl_configs.PHOTOMAKER_LORA_RANK, lora_alpha=sdxl_configs.PHOTOMAKER_LORA_RANK,
+        target_modules=r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)", init_lora_weights=False,
+    )  # fmt: skip
+    with torch.device(META):
+        lora_unet.add_adapter(config, adapter_name="photomaker")
+    models["lora"] = nn.ModuleList(
+        [m for n, m in lora_unet.named_modules() if n.endswith(("lora_A", "lora_B"))]
+    )
+    return models
+
+
+def weights(bytes_per_parameter: int = 2) -> dict:
+    """Parameters, bytes (at ``bytes_per_parameter``) and largest layer per component, and the
+    weights-only VRAM floor of each memory mode for PhotoMaker V2 (V1: the V1 encoder)."""
+    models = components()
+    table = {}
+    for name, module in models.items():
+        leaf, leaf_params = largest_leaf(module)
+        table[name] = {
+            "parameters": parameters(module),
+            "gb": parameters(module) * bytes_per_parameter / GB,
+            "largest_layer": leaf,
+            "largest_layer_gb": leaf_params * bytes_per_parameter / GB,
+        }
+    vae = models["vae"]
+    table["vae"]["decoder_gb"] = (
+        (parameters(vae.decoder) + parameters(vae.post_quant_conv)) * bytes_per_parameter / GB
+    )
+    floors = {}
+    for version in ("v1", "v2"):
+        on_gpu = ["unet", "text_encoder", "text_encoder_2", f"id_encoder_{version}", "vae"]
+        full = sum(table[n]["gb"] for n in on_gpu)
+        floors[version] = {
+            "full": full,
+            "full_with_lora_matrices": full + table["lora"]["gb"],
+            "model-offload": max(table[n]["gb"] for n in on_gpu),
+            "sequential-offload": max(table[n]["largest_layer_gb"] for n in on_gpu),
+        }
+    return {"bytes_per_parameter": bytes_per_parameter, "components": table, "floors": floors}
+
+
+# --------------------------------------------------------------------------- peak RSS
+
+
+def _photos(folder: Path) -> list[str]:
+    from PIL import Image
+
+    from photomaker.tiny_faces import draw_tiny_face
+
+    paths = []
+    for variant in range(2):
+        image = draw_tiny_face(Image.new("RGB", (256, 256), "white"), (80, 60, 176, 190), variant)
+        path = folder / f"face{variant}.png"
+        image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **extra}  # fmt: skip
+    for name in ("PHOTOMAKER_VERSION", "PHOTOMAKER_PM_VERSION"):
+        env.pop(name, None)
+    return env
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def app_peak_rss(folder: Path, timeout: float = 180) -> dict:
+    """Start ``app.py --tiny``, send one request through gradio_client, read its peak RSS."""
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = folder / "app.log"
+    env = _env(PHOTOMAKER_TINY="1", PHOTOMAKER_HOST="127.0.0.1", PHOTOMAKER_PORT=str(port))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--tiny"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"app.py exited with {proc.returncode}: {log.read_text()[-2000:]}"
+                )
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"app.py was not up within {timeout:.0f} s")
+            try:
+                with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        startup_s = time.monotonic() - started
+        rss_idle = _status_kb(proc.pid, "VmRSS")
+        client = Client(url, verbose=False, download_files=False)
+        request = time.monotonic()
+        client.predict(
+            photos=[handle_file(p) for p in _photos(folder)],
+            prompt="a photo of a man img in the snow", negative_prompt="blurry",
+            style="Photographic (Default)", aspect_ratio="1:1 square (1024×1024)", steps=4,
+            style_strength=20, num_outputs=1, guidance_scale=5.0, seed=1, randomize_seed=False,
+            api_name="/generate",
+        )  # fmt: skip
+        request_s = time.monotonic() - request
+        children = _children(proc.pid)
+        return {
+            "startup_s": startup_s,
+            "request_s": request_s,
+            "rss_after_start_mb": rss_idle / 1024,
+            "peak_rss_mb": _status_kb(proc.pid, "VmHWM") / 1024,
+            "child_processes": len(children),
+            "children_peak_rss_mb": sum(_status_kb(c, "VmHWM") for c in children) / 1024,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cli_peak_rss(folder: Path) -> dict:
+    """One ``python -m photomaker generate --tiny`` run: its ru_maxrss and wall time."""
+    argv = [sys.executable, "-m", "photomaker", "generate", "--tiny", "--photos", *_photos(folder),
+            "--prompt", "a photo of a man img in the snow", "--steps", "4", "--num-outputs", "1",
+            "--seed", "1", "--out", str(folder / "out")]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"photomaker generate exited with {proc.returncode}: {stderr[-2000:]}")
+    return {"seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(data: dict) -> str:
+    w = data["weights"]
+    t = w["components"]
+    names = {
+        "unet": "UNet (SDXL)",
+        "text_encoder": "text encoder 1 (CLIP ViT-L)",
+        "text_encoder_2": "text encoder 2 (OpenCLIP bigG + projection)",
+        "id_encoder_v1": "ID encoder V1",
+        "id_encoder_v2": "ID encoder V2",
+        "vae": "VAE (decoder alone: {:.2f} GB)".format(t["vae"]["decoder_gb"]),
+        "lora": "PhotoMaker LoRA A/B matrices (rank 64)",
+    }
+    lines = [
+        "# Memory",
+        "",
+        f"Written by `python bench/memory.py`, {data['started']}.",
+        "",
+        "## Parameters per component (fp16 / bf16: 2 bytes each)",
+        "",
+        "| Component | Parameters | GB | Largest layer | its GB |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for key, label in names.items():
+        c = t[key]
+        layer = f"`{c['largest_layer']}`" if key != "lora" else "-"
+        lines.append(
+            f"| {label} | {c['parameters'] / 1e6:,.1f} M | {c['gb']:.2f} | {layer} "
+            f"| {c['largest_layer_gb']:.3f} |"
+        )
+    text = t["text_encoder"]["gb"] + t["text_encoder_2"]["gb"]
+    lines += [
+        "",
+        f"Text encoders together: {text:.2f} GB. After `fuse_lora` the LoRA's A/B matrices stay in",
+        f"memory ({t['lora']['gb']:.2f} GB) unless `unload_lora_weights()` drops them; fused, they",
+        "are not used per step.",
+        "",
+        "## VRAM floor per memory mode (weights only, fp16 / bf16)",
+        "",
+        "| Mode | What is on the GPU | V2 floor, GB | V1 floor, GB |",
+        "|---|---|---:|---:|",
+    ]
+    what = {
+        "full": "every model, all the time",
+        "model-offload": "one model at a time (the largest: the UNet)",
+        "sequential-offload": "one layer at a time (the largest: a text encoder's token embedding)",
+    }
+    f = w["floors"]
+    for mode in MODES:
+        lines.append(f"| {mode} | {what[mode]} | {f['v2'][mode]:.2f} | {f['v1'][mode]:.2f} |")
+    lines += [
+        "",
+        "Full mode as the pipeline runs it (LoRA fused, its A/B matrices kept so that it can be",
+        f"unfused): {f['v2']['full_with_lora_matrices']:.2f} GB for V2.",
+        "Activations come on top: the UNet's at 1024² with CFG and the VAE decoder's (largest at",
+        "full resolution, per image decoded at once); `bench/gpu.py` measures the peak of each",
+        "mode (results-gpu.md).",
+        "",
+        "## Peak RSS of the tiny app and CLI (CPU, tiny random models)",
+        "",
+    ]
+    app, cli = data.get("app"), data.get("cli")
+    if isinstance(app, dict) and "peak_rss_mb" in app:
+        lines.append(
+            f"- `python app.py --tiny`, one request (2 photos, 4 steps) through `gradio_client`:"
+            f" peak RSS **{app['peak_rss_mb']:.0f} MB** ({app['rss_after_start_mb']:.0f} MB after"
+            f" start-up; started in {app['startup_s']:.1f} s, request {app['request_s']:.1f} s;"
+            f" {app['child_processes']} child processes"
+            + (f", {app['children_peak_rss_mb']:.0f} MB" if app["child_processes"] else "")
+            + ")."
+        )
+    else:
+        lines.append(f"- app: not measured ({app})")
+    if isinstance(cli, dict) and "peak_rss_mb" in cli:
+        lines.append(
+            f"- `python -m photomaker generate --tiny` (2 photos, 4 steps, 1 image): peak RSS"
+            f" **{cli['peak_rss_mb']:.0f} MB**, {cli['seconds']:.1f} s."
+        )
+    else:
+        lines.append(f"- CLI: not measured ({cli})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--no-processes", action="store_true", help="skip the app and CLI RSS")
+    args = parser.parse_args(argv)
+    data = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "weights": weights(),
+    }
+    if not args.no_processes:
+        with tempfile.TemporaryDirectory(prefix="photomaker-bench-memory-") as tmp:
+            for key, fn in (("cli", cli_peak_rss), ("app", app_peak_rss)):
+                try:
+                    data[key] = fn(Path(tmp))
+                except Exception as error:
+                    data[key] = f"{type(error).__name__}: {error}"
+                common.say(f"{key}: {data[key]}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results-memory.json").write_text(json.dumps(data, indent=1) + "\n")
+    (args.out_dir / "results-memory.md").write_text(markdown(data))
+    common.say(markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The benchmarks' code (not their timings): configs, FLOP counting and composition, the GPU
+script's plan parsing, result writing and dry run, and the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import common, flops, gpu, plot, sdxl_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT.parent / "shared" / "reference"
+
+
+def meta_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_configs_build_at_the_published_sizes():
+    meta = torch.device("meta")
+    built = {
+        "unet": common.build_unet(sdxl_configs.SDXL_UNET, meta),
+        "text_encoder": common.build_text_encoder(sdxl_configs.SDXL_TEXT_ENCODER, False, meta),
+        "text_encoder_2": common.build_text_encoder(sdxl_configs.SDXL_TEXT_ENCODER_2, True, meta),
+        "vae": common.build_vae(sdxl_configs.SDXL_VAE, meta),
+    }
+    assert {k: meta_parameters(m) for k, m in built.items()} == sdxl_configs.SDXL_PARAMETERS
+    for version in ("v1", "v2"):
+        encoder = common.build_id_encoder(version, "full", meta)
+        assert (
+            meta_parameters(encoder) == sdxl_configs.PHOTOMAKER_PARAMETERS[f"id_encoder_{version}"]
+        )
+    lora = common.lora_state_dict(built["unet"], sdxl_configs.PHOTOMAKER_LORA_RANK, device=meta)
+    assert len(lora) == 1120
+    assert sum(t.numel() for t in lora.values()) == sdxl_configs.PHOTOMAKER_PARAMETERS["lora"]
+    manifest = MANIFESTS / "photomaker.lora_weights.keys.json"
+    if manifest.is_file():  # the released layout, key by key
+        expected = {k: v["shape"] for k, v in json.loads(manifest.read_text())["keys"].items()}
+        assert {k: list(t.shape) for k, t in lora.items()} == expected
+
+
+def test_call_shapes():
+    shape = flops.call_shape
+    # passes per text encoder: ours 3 (ID prompt, text-only prompt, negative), reference 4
+    # (it encodes the negative prompt twice), plain SDXL 2; without a negative prompt SDXL
+    # uses zeros, so one pass fewer each (two fewer for the reference).
+    assert [shape(v, 50, 1, 1).text_passes for v in ("ours", "reference", "sdxl")] == [6, 8, 4]
+    assert [
+        shape(v, 50, 1, 1, negative=False).text_passes for v in ("ours", "reference", "sdxl")
+    ] == [4, 4, 2]
+    ours, cached, ref = (
+        shape("ours", 30, 4, 2),
+        shape("ours-cached", 30, 4, 2),
+        shape("reference", 30, 4, 2),
+    )
+    assert (ours.unet_calls, ours.unet_batch, ours.unet_lora, ours.vae_images) == (
+        30,
+        8,
+        "fused",
+        4,
+    )
+    assert (ours.id_photos_encoded, cached.id_photos_encoded, ref.id_photos_encoded) == (2, 0, 2)
+    assert ref.unet_lora == "unfused" and shape("sdxl", 30, 4, 2).unet_lora is None
+    with pytest.raises(ValueError):
+        shape("nope", 1, 1, 1)
+
+
+def test_flops_on_tiny_models():
+    plain, fused, unfused = (
+        flops.unet_call(2, None, lora, "tiny") for lora in (None, "fused", "unfused")
+    )
+    assert plain.flops > 0 and plain.flops == fused.flops and plain.compute_ops == fused.compute_ops
+    lora_layers = len(common.attention_projections(flops._meta_unet(None, "tiny")))
+    assert unfused.compute_ops == plain.compute_ops + 2 * lora_layers  # down and up, per layer
+    assert unfused.flops > plain.flops
+    assert flops.unet_call(4, None, None, "tiny").flops == 2 * plain.flops  # linear in batch
+
+    ours = flops.generation_flops("ours", 3, 2, 1, size="tiny")
+    assert ours["total"] == pytest.approx(sum(v for k, v in ours.items() if k != "total"))
+    assert ours["unet"] == 3 * flops.unet_call(4, None, "fused", "tiny").flops
+    assert ours["vae"] == 2 * flops.vae_decode_call(None, "tiny").flops
+    per_pass = flops.text_encoder_call(1, "tiny").flops + flops.text_encoder_call(2, "tiny").flops
+    assert ours["text"] == 3 * per_pass
+    cached = flops.generation_flops("ours-cached", 3, 2, 1, size="tiny")
+    assert cached["id"] == flops.fuse_call("v2", 1, "tiny").flops  # no ID encoder: the fuse only
+    reference = flops.generation_flops("reference", 3, 2, 1, size="tiny")
+    assert reference["text"] == 4 * per_pass and reference["unet"] > ours["unet"]
+    assert flops.generation_flops("sdxl", 3, 2, 1, size="tiny")["id"] == 0
+
+
+@pytest.mark.slow
+def test_full_size_flops_match_the_reference_figures():
+    unet = flops.unet_call(2)  # 1024², CFG
+    assert unet.flops / 1e12 == pytest.approx(13.5, abs=0.05)
+    assert flops.unet_call(2, lora="fused").flops == unet.flops
+    assert flops.vae_decode_call().flops / 1e12 == pytest.approx(10.5, abs=0.05)
+    assert flops.generation_flops("ours")["total"] / 1e12 == pytest.approx(688, abs=1.5)
+
+
+def test_run_specs_and_plan():
+    spec = gpu.RunSpec.parse("full/eager/50x4")
+    assert (spec.mode, spec.backend, spec.steps, spec.images, spec.name) == (
+        "full",
+        "eager",
+        50,
+        4,
+        "full/eager/50x4",
+    )
+    assert gpu.RunSpec.parse("model-offload/unet/20").name == "model-offload/unet/20"
+    for bad in ("full/eager/50", "gpu/eager/50x1", "full/fast/50x1", "full/eager/0x1", "full"):
+        with pytest.raises(Exception, match="MODE|mode"):
+            gpu.RunSpec.parse(bad)
+    specs = [gpu.RunSpec.parse(s) for s in (
+        "sequential-offload/eager/5x1", "full/compile/50x1", "model-offload/eager/50x1",
+        "full/eager/50x1", "full/unet/20")]  # fmt: skip
+    groups = [(g, [s.name for s in runs]) for g, runs in gpu.group_plan(specs)]
+    assert groups == [
+        ("full", ["full/unet/20", "full/eager/50x1"]),
+        ("model-offload", ["model-offload/eager/50x1"]),
+        ("full (compiled)", ["full/compile/50x1"]),
+        ("sequential-offload", ["sequential-offload/eager/5x1"]),
+    ]
+
+    args = gpu.parse_args([])
+    assert [s.name for s in args.plan] == list(gpu.DEFAULT_PLAN)
+    assert (args.size, args.device, args.dtype, args.compile_backend) == (
+        "full",
+        "cuda",
+        "bfloat16",
+        "inductor",
+    )
+    assert args.out_dir == ROOT / "bench"
+    dry = gpu.parse_args(["--dry-run"])
+    assert (dry.size, dry.device, dry.dtype, dry.compile_backend) == (
+        "tiny",
+        "cpu",
+        "float32",
+        "eager",
+    )
+    assert all(s.steps <= 3 and s.images <= 2 for s in dry.plan)
+    assert len({s.name for s in dry.plan}) == len(dry.plan)  # 50x1 and 30x1 both became 3x1: once
+    custom = gpu.parse_args(
+        ["--plan", "full/eager/30x1, model-offload/eager/50x1", "--out-dir", "/x"]
+    )
+    assert [s.name for s in custom.plan] == ["full/eager/30x1", "model-offload/eager/50x1"]
+    assert custom.out_dir == Path("/x")
+
+
+def fake_results() -> dict:
+    ok = {"status": "ok", "seconds": 3.2, "seconds_per_image": 3.2, "seconds_per_image_at_50_steps": 3.2,
+          "extrapolated_to_50_steps": False, "step_s": 0.055, "before_loop_s": 0.3, "after_loop_s": 0.15,
+          "peak_allocated_gb": 10.2, "allocated_before_gb": 8.21, "tflops_per_s": 214.0, "step_fraction_of_peak": 0.25}  # fmt: skip
+    return {
+        "started": "2026-01-01T00:00:00+00:00",
+        "device": {
+            "device": "cuda",
+            "name": "NVIDIA H100 80GB HBM3",
+            "capability": "9.0",
+            "memory_gb": 85.0,
+            "peak_bf16_tflops": 989.4,
+        },  # fmt: skip
+        "versions": {"torch": "2.11.0", "diffusers": "0.42.1"},
+        "settings": {
+            "dry_run": False,
+            "size": "full",
+            "dtype": "bfloat16",
+            "image_size": 1024,
+            "photos": 1,
+        },
+        "runs": [
+            {
+                "name": "full/unet/20",
+                "mode": "full",
+                "backend": "unet",
+                "steps": 20,
+                "images": 1,
+                "status": "ok",
+                "unet_call_s": 0.05,
+                "step_s": 0.05,
+                "peak_allocated_gb": 9.0,
+                "tflops_per_s": 270.0,
+                "fraction_of_peak": 0.27,
+            },  # fmt: skip
+            {
+                "name": "full/eager/50x1",
+                "mode": "full",
+                "backend": "eager",
+                "steps": 50,
+                "images": 1,
+                **ok,
+            },
+            {
+                "name": "full/compile/50x1",
+                "mode": "full",
+                "backend": "compile",
+                "steps": 50,
+                "images": 1,
+                **ok,
+                "seconds_per_image": 2.1,
+                "compile_and_first_call_s": 70.0,
+            },  # fmt: skip
+            {
+                "name": "model-offload/eager/50x1",
+                "mode": "model-offload",
+                "backend": "eager",
+                "steps": 50,
+                "images": 1,
+                "status": "error",
+                "error": "Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory",
+            },
+            {
+                "name": "sequential-offload/eager/5x1",
+                "mode": "sequential-offload",
+                "backend": "eager",
+                "steps": 5,
+                "images": 1,
+                **ok,
+                "seconds_per_image_at_50_steps": 60.0,
+                "extrapolated_to_50_steps": True,
+            },
+        ],  # fmt: skip
+        "builds": {"full": {"build_s": 9.0, "warmup_s": 3.0}},
+        "elapsed_s": 300.0,
+    }
+
+
+def test_results_are_written_and_plotted(tmp_path):
+    data = fake_results()
+    gpu.write(data, tmp_path)
+    assert json.loads((tmp_path / "results-gpu.json").read_text()) == data
+    md = (tmp_path / "results-gpu.md").read_text()
+    assert "NVIDIA H100 80GB HBM3" in md and "989.4" in md
+    assert (
+        "| full/eager/50x1 | ok | 3.20 | 3.20 | 55.0 | 0.30 | 0.15 | 10.20 | 8.21 | 214 | 25 |"
+        in md
+    )
+    assert "error: torch.OutOfMemoryError: CUDA out of memory" in md
+    assert "60.00 (extrapolated)" in md
+    assert "| eager, s / image | 3.20 s | ≤ 3.0 s | not met |" in md
+    assert "| compiled, s / image | 2.10 s | ≤ 2.2 s | met |" in md
+    assert "Compile + first call (full/compile/50x1): 70.0 s." in md
+    png = plot.plot(plot.load([tmp_path / "results-gpu.json"]), tmp_path / "gpu.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_is_found_from_the_device_name():
+    names = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.4,
+             "NVIDIA A100-SXM4-80GB": 312.0}  # fmt: skip
+    for name, peak in names.items():
+        assert next(p for key, p in gpu.DENSE_BF16_PEAK_TFLOPS if key in name) == peak
+
+
+# What the GPU machine lacks: bench/gpu.py must run without any of it.
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.util, runpy, sys
+    BLOCKED = ("gradio", "gradio_client", "insightface", "open_clip", "onnx", "onnxruntime", "spaces")
+    find_spec = importlib.util.find_spec
+    importlib.util.find_spec = lambda name, package=None: (
+        None if name.split(".")[0] in BLOCKED else find_spec(name, package))
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+    sys.meta_path.insert(0, Block())
+    sys.argv = ["bench/gpu.py", *sys.argv[1:]]
+    runpy.run_path("bench/gpu.py", run_name="__main__")
+    """
+)
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_without_gradio_insightface_open_clip(tmp_path):
+    plan = "full/unet/1,full/eager/2x1,full/eager/2x2,model-offload/eager/2x1"
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER, "--dry-run", "--plan", plan, "--warmup-steps", "1",
+         "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results-gpu.json").read_text())
+    assert [r["name"] for r in data["runs"]] == plan.split(",")
+    assert all(r["status"] == "ok" for r in data["runs"]), [r.get("error") for r in data["runs"]]
+    by_name = {r["name"]: r for r in data["runs"]}
+    two = by_name["full/eager/2x2"]
+    assert two["steps_measured"] == 2 and two["seconds_per_image"] == pytest.approx(
+        two["seconds"] / 2
+    )
+    assert two["tflop"] > 0 and "dry-run mode" in (tmp_path / "results-gpu.md").read_text()
+    assert "blocked" not in proc.stdout + proc.stderr
+    plot.plot(plot.load([tmp_path / "results-gpu.json"]), tmp_path / "gpu.png")
