@@ -252,6 +252,7 @@ def test_build_pipeline_from_a_diffusers_folder_with_a_style_lora(tmp_path, monk
     assert calls["pm_version"] == "v1" and calls["trigger_word"] == "img"
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     assert sorted(pipe.get_active_adapters()) == ["photomaker", "style"]
+    assert pipe.num_fused_loras == 2  # the style LoRA is fused at its weight too
     assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"
     check = pipe.check_prompt("a photo of a man img", 2)
     assert check.num_class_tokens == 2
