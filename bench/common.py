@@ -3,28 +3,25 @@ checkpoint in the released layout, the real CLIP tokenizer, and the environment'
 
 Imports only torch, diffusers, transformers and the light parts of ``photomaker`` (encoders,
 pipeline): no gradio, insightface, open_clip or onnx, so ``bench/gpu.py`` runs on a machine that
-has none of them. (``photomaker.tiny`` is not used here for that reason: it imports onnx.)
+has none of them. (``photomaker.tiny`` is not used here for that reason: it imports onnx;
+the tokenizer comes from the light ``photomaker.clip_tokenizer``.)
 """
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
-import json
 import os
 import platform
-import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bench import sdxl_configs
+from photomaker import clip_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
-CLIP_MAX_LENGTH = 77
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -33,72 +30,22 @@ CLIP_MAX_LENGTH = 77
 def bpe_vocabulary_path(explicit: str | os.PathLike | None = None) -> Path:
     """CLIP's BPE merges file: ``explicit``, ``$PHOTOMAKER_CLIP_BPE``, ``.whl/`` (put there by
     ``bench/prepare_gpu.sh``) or the installed ``open-clip-torch`` distribution (not imported)."""
-    candidates = [explicit, os.environ.get("PHOTOMAKER_CLIP_BPE"), ROOT / ".whl" / BPE_NAME]
-    for candidate in candidates:
+    for candidate in (explicit, os.environ.get("PHOTOMAKER_CLIP_BPE"), ROOT / ".whl" / BPE_NAME):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     try:
-        path = Path(
-            importlib.metadata.distribution("open-clip-torch").locate_file(f"open_clip/{BPE_NAME}")
-        )
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is not None and path.is_file():
-        return path
-    raise FileNotFoundError(
-        f"CLIP's {BPE_NAME} was not found: pass --bpe PATH, set PHOTOMAKER_CLIP_BPE, run "
-        "bench/prepare_gpu.sh (copies it into .whl/), or pip install --no-deps open-clip-torch"
-    )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
-@lru_cache(maxsize=4)
-def _tokenizer_files(bpe: Path) -> Path:
-    """vocab.json + merges.txt in the Hugging Face layout (as ``photomaker.tiny`` builds them)."""
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    vocab += ["".join(merge.split()) for merge in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(tempfile.mkdtemp(prefix="photomaker-bench-tokenizer-"))
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder
+        return clip_tokenizer.bpe_vocabulary_path()
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"CLIP's {BPE_NAME} was not found: pass --bpe PATH, set PHOTOMAKER_CLIP_BPE, run "
+            "bench/prepare_gpu.sh (copies it into .whl/), or pip install --no-deps open-clip-torch"
+        ) from None
 
 
 def clip_tokenizers(bpe: str | os.PathLike | None = None):
-    """SDXL's two tokenizers: the real CLIP vocabulary; the second pads with ``"!"``."""
-    from transformers import CLIPTokenizer
-
-    folder = _tokenizer_files(bpe_vocabulary_path(bpe))
-    return tuple(
-        CLIPTokenizer(
-            str(folder / "vocab.json"),
-            str(folder / "merges.txt"),
-            pad_token=pad,
-            model_max_length=CLIP_MAX_LENGTH,
-        )
-        for pad in ("<|endoftext|>", "!")
-    )
-
-
-# --------------------------------------------------------------------------- models
+    """SDXL's two tokenizers (photomaker.clip_tokenizer); the second pads with ``"!"``."""
+    path = bpe_vocabulary_path(bpe)
+    return tuple(clip_tokenizer.clip_tokenizer(pad, bpe=path) for pad in ("<|endoftext|>", "!"))
 
 
 def build_unet(config: dict, device: str | torch.device = "cpu"):

@@ -16,19 +16,16 @@ Outputs are noise: these models were never trained. Nothing here pretends otherw
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import importlib.metadata
-import json
 import logging
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from photomaker.clip_tokenizer import bpe_vocabulary_path, clip_tokenizer
 from photomaker.encoders import IDEncoderConfig, build_id_encoder
 
 logger = logging.getLogger(__name__)
@@ -72,73 +69,6 @@ TINY_ENCODER_CONFIG = IDEncoderConfig(
 #: The tiny pipeline's default output size (UNet sample 32 × VAE factor 2).
 TINY_IMAGE_SIZE = 64
 TINY_LORA_RANK = 4
-CLIP_MAX_LENGTH = 77
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def bpe_vocabulary_path() -> Path:
-    """The CLIP BPE merges file inside the installed ``open-clip-torch`` distribution."""
-    try:
-        dist = importlib.metadata.distribution("open-clip-torch")
-    except importlib.metadata.PackageNotFoundError as error:
-        raise RuntimeError(
-            "The CLIP vocabulary comes from the open-clip-torch wheel: "
-            "pip install --no-deps open-clip-torch"
-        ) from error
-    path = Path(dist.locate_file("open_clip/bpe_simple_vocab_16e6.txt.gz"))
-    if not path.is_file():
-        raise RuntimeError(f"open-clip-torch is installed but {path} is missing")
-    return path
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
-@lru_cache(maxsize=1)
-def _tokenizer_files() -> Path:
-    """vocab.json and merges.txt in the Hugging Face layout, written once per process."""
-    lines = gzip.open(bpe_vocabulary_path()).read().decode("utf-8").split("\n")
-    merges = lines[1 : 49152 - 256 - 2 + 1]  # the 48,894 merges CLIP uses
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = byte_chars + [c + "</w>" for c in byte_chars]
-    vocab += ["".join(merge.split()) for merge in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(tempfile.mkdtemp(prefix="photomaker-clip-tokenizer-"))
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return folder
-
-
-def clip_tokenizer(pad_token: str = "<|endoftext|>"):
-    """The real CLIP tokenizer (49,408 tokens, 77 max). SDXL's second one pads with ``"!"``."""
-    from transformers import CLIPTokenizer
-
-    folder = _tokenizer_files()
-    return CLIPTokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        pad_token=pad_token,
-        model_max_length=CLIP_MAX_LENGTH,
-    )
-
-
-# --------------------------------------------------------------------------- tiny SDXL
 
 
 def _seeded(seed: int, salt: str) -> None:
