@@ -911,6 +911,13 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
     faces = (
         " Each photo shows ✓ when its face was found and ✗ when not." if service.needs_faces else ""
     )
+    doodle = (
+        "\n- **Enable doodle** to sketch the layout (a head, the shoulders, a horizon): the "
+        "strokes set where things go; *Doodle strength* is how strictly, *Doodle follows for* "
+        "for how many of the first steps."
+        if getattr(service, "doodle_available", False)
+        else ""
+    )
     return f"""
 - Upload **1 to {settings.max_photos} photos** of one person; several photos from different
   angles give a better likeness. Faces should be clear and not too small.{faces}
@@ -920,7 +927,10 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
 - **Style strength** is the share of the steps that see only your text before the identity
   comes in: 15–20% for likeness, 30–50% for stylized pictures.
 - The same photos, prompt, settings and seed always give the same pictures: *Reuse this seed*,
-  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).
+  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}
+- Each caption ends with the picture's **likeness** to the person: the cosine similarity of
+  face embeddings (ArcFace), about 0.4–0.7 for a good likeness; "no face found" when the
+  picture shows no face.
 """
 
 
