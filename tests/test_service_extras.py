@@ -159,6 +159,14 @@ def test_doodle_mistakes_are_clear(service, changes, message):
         service.generate(request(**changes))
 
 
+def test_a_doodle_pixel_bomb_is_refused_from_its_header(service, tmp_path):
+    from tests.test_images import _blank_png
+
+    bomb = _blank_png(tmp_path / "doodle.png", 12000, 12000)  # 144 MP, 420 KB on disk
+    with pytest.raises(PhotoMakerInputError, match=r"Doodle: doodle\.png is 12000×12000 .*limit"):
+        service.prepare(request(doodle=str(bomb)))
+
+
 def test_the_full_range_is_accepted(service):
     result = service.generate(
         request(doodle=sketch(), adapter_conditioning_scale=0.0, adapter_conditioning_factor=1.0)
