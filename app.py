@@ -65,8 +65,16 @@ SERVER_TITLE = "Something went wrong on the server"
 #: AVIF files by extension, which some systems do not file under image/*.
 IMAGE_FILE_TYPES = ["image", ".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif"]
 #: The sliders' range in the UI, as in the reference demo; the API takes the full LIMITS.
-UI_LIMITS = {"steps": (20, 100), "style_strength": (15, 50)}
+UI_LIMITS = {
+    "steps": (20, 100),
+    "style_strength": (15, 50),
+    "adapter_conditioning_scale": (0.5, 1.0),
+    "adapter_conditioning_factor": (0.5, 1.0),
+}
 MAX_PROMPT_CHARS = 2000
+#: The doodle's two numbers when a request does not give them.
+DOODLE_SCALE = GenerationRequest.adapter_conditioning_scale
+DOODLE_FACTOR = GenerationRequest.adapter_conditioning_factor
 #: Uploaded face photos and results are deleted after an hour (checked every 30 minutes).
 DELETE_CACHE = (1800, 3600)
 #: Example photo for the API page: the NASA portrait our assets/ photos come from.
@@ -174,15 +182,27 @@ def labelled(component: gr.components.Component, name: str) -> gr.components.Com
     return component
 
 
-def check_file_payload(label: str, name: str, payload: Any) -> None:
-    """A list of files as the API sends them: uploaded files (or http(s) URLs Gradio fetches).
+def check_file_payload(label: str, name: str, payload: Any, multiple: bool = True) -> None:
+    """Files as the API sends them: uploaded files (or http(s) URLs Gradio fetches); a list
+    of them, or with ``multiple=False`` one (or null).
 
     Runs before Gradio's own handling, whose errors for a malformed value or a path that was
     never uploaded (``/etc/passwd``) say nothing the user can act on."""
     if payload is None:
         return
-    how = "upload each file first (gradio_client: handle_file('photo.jpg'))"
-    if not isinstance(payload, list):
+    what = "photo" if multiple else "image"
+    how = (
+        "upload each file first (gradio_client: handle_file('photo.jpg'))"
+        if multiple
+        else f"upload the file first (gradio_client: handle_file('{name}.png'))"
+    )
+    if not multiple:
+        if not isinstance(payload, dict):
+            raise PhotoMakerInputError(
+                f"{label} ({name}): expected an image file or null, got {_shown(payload)}; {how}."
+            )
+        payload = [payload]
+    elif not isinstance(payload, list):
         raise PhotoMakerInputError(
             f"{label} ({name}): expected a list of image files, got {_shown(payload)}; {how}."
         )
@@ -191,31 +211,70 @@ def check_file_payload(label: str, name: str, payload: Any) -> None:
     uploads = get_upload_folder()
     for number, item in enumerate(payload, start=1):
         path = item.get("path") if isinstance(item, dict) else None
+        which = f"{what} {number}" if multiple else "it"
         if not isinstance(path, str) or not path:
+            thing = f"item {number}" if multiple else "the value"
             raise PhotoMakerInputError(
-                f"{label} ({name}): item {number} is not a file, got {_shown(item)}; {how}."
+                f"{label} ({name}): {thing} is not a file, got {_shown(item)}; {how}."
             )
         if re.match(r"(?i)https?://", path):
             continue
         if not is_in_or_equal(abspath(path), uploads):
             raise PhotoMakerInputError(
-                f"{label} ({name}): photo {number} names a file on the server "
-                f"({_shown(path, 40)}), which is never read. Send the photo itself: {how}, "
+                f"{label} ({name}): {which} names a file on the server "
+                f"({_shown(path, 40)}), which is never read. Send the {what} itself: {how}, "
                 "or an http(s) URL."
             )
 
 
-def guard_file_inputs(demo: gr.Blocks, files: dict[int, tuple[str, str]]) -> None:
-    """Check the file inputs (component id -> (label, parameter name)) of every request before
-    Gradio does; turn any other failure to read a request into a message with an error id."""
+def image_path_input(component: gr.Image, name: str) -> gr.Image:
+    """Make ``component`` hand the handler the uploaded file's path, unopened: the service
+    reads it within its own limits (pixel count from the header, clear messages), where
+    Gradio's Image would decode any image in full first."""
+
+    def preprocess(payload: Any) -> str | None:
+        if payload is None:
+            return None
+        path = getattr(payload, "path", None)
+        if not isinstance(path, str):
+            raise gr.Error(
+                f"{component.label} ({name}): expected an image file or null.",
+                title=INPUT_TITLE,
+                print_exception=False,
+            )
+        return path
+
+    component.preprocess = preprocess
+    return component
+
+
+def guard_file_inputs(
+    demo: gr.Blocks,
+    files: dict[int, tuple[str, str, bool]],
+    later_parameters: dict[str, list[Any]] | None = None,
+) -> None:
+    """Check the file inputs (component id -> (label, parameter name, a list?)) of every
+    request before Gradio does; turn any other failure to read a request into a message with
+    an error id.
+
+    ``later_parameters`` (api name -> default values of the parameters added last) lets a raw
+    request written before they existed, one value short per parameter, run as it did: the
+    missing values get their defaults (Gradio itself refuses a short request; gradio_client
+    fills in defaults on its own)."""
     original = demo.preprocess_data
+    later_parameters = later_parameters or {}
 
     async def preprocess_data(block_fn, inputs, state, explicit_call=False):
         try:
+            added = later_parameters.get(block_fn.api_name, [])
+            missing = len(block_fn.inputs) - len(inputs)
+            if not explicit_call and 0 < missing <= len(added):
+                inputs = [*inputs, *added[len(added) - missing :]]
             if not explicit_call:
                 for block, payload in zip(block_fn.inputs, inputs, strict=False):
                     if block._id in files:
-                        check_file_payload(*files[block._id], payload)
+                        label, name, multiple = files[block._id]
+                        check_file_payload(label, name, payload, multiple)
             return await original(block_fn, inputs, state, explicit_call)
         except PhotoMakerInputError as err:
             raise gr.Error(str(err), title=INPUT_TITLE, print_exception=False) from None
@@ -234,8 +293,11 @@ def guard_file_inputs(demo: gr.Blocks, files: dict[int, tuple[str, str]]) -> Non
     demo.preprocess_data = preprocess_data
 
 
-def documented(component, description: str, example: Any = None):
-    """Give ``component`` a description and an example value on the API page."""
+_NO_EXAMPLE = object()
+
+
+def documented(component, description: str, example: Any = _NO_EXAMPLE):
+    """Give ``component`` a description and an example value (``None`` too) on the API page."""
     api_info = component.api_info
 
     def info() -> dict[str, Any]:
@@ -243,7 +305,7 @@ def documented(component, description: str, example: Any = None):
 
     component.api_info = info
     component.api_info_as_input = info
-    if example is not None:
+    if example is not _NO_EXAMPLE:
         component.example_payload = lambda: example
         component.example_inputs = lambda: example
     return component
@@ -356,6 +418,9 @@ class AppHandlers:
         guidance_scale: float,
         seed: int | None,
         randomize_seed: bool,
+        doodle: str | None = None,
+        adapter_conditioning_scale: float = DOODLE_SCALE,
+        adapter_conditioning_factor: float = DOODLE_FACTOR,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
     ):
         """Generate pictures of the person in `photos`.
@@ -372,8 +437,11 @@ class AppHandlers:
             guidance_scale: classifier-free guidance scale, 0-20.
             seed: the random seed, a whole number 0-2147483647; used when randomize_seed is false.
             randomize_seed: true to pick a new random seed.
+            doodle: optional rough drawing that sets the layout (dark strokes on white or transparent, or white on black), stretched to the picture; null for none. Needs the doodle adapter on the server.
+            adapter_conditioning_scale: how strongly the doodle steers, 0-1 (the UI offers 0.5-1).
+            adapter_conditioning_factor: the share of the steps, from the first, that the doodle steers, 0-1 (the UI offers 0.5-1).
         Returns:
-            The images (PNG files named photomaker-<seed>-<n>.png that carry their settings, with captions) and the seed used.
+            The images (PNG files named photomaker-<seed>-<n>.png that carry their settings and likeness, with captions that end in the likeness) and the seed used.
         """
         request = GenerationRequest(
             photos=photos or [],
@@ -387,6 +455,9 @@ class AppHandlers:
             guidance_scale=guidance_scale,
             seed=seed,
             randomize_seed=randomize_seed,
+            doodle=doodle or None,
+            adapter_conditioning_scale=adapter_conditioning_scale,
+            adapter_conditioning_factor=adapter_conditioning_factor,
         )
         cancel = threading.Event()
         context = contextvars.copy_context()  # Gradio's progress tracking lives in it
@@ -428,6 +499,44 @@ class AppHandlers:
         return metadata.save_results(
             result, self.settings, folder, aspect_ratio=aspect_ratio, scheduler=scheduler
         )
+
+    async def generate_from_page(
+        self,
+        photos: list[str] | None,
+        prompt: str,
+        negative_prompt: str | None,
+        style: str,
+        aspect_ratio: str,
+        steps: int,
+        style_strength: float,
+        num_outputs: int,
+        guidance_scale: float,
+        seed: int | None,
+        randomize_seed: bool,
+        doodle_enabled: bool,
+        sketch: dict | None,
+        adapter_conditioning_scale: float,
+        adapter_conditioning_factor: float,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
+    ):
+        """:meth:`generate` from the page: the doodle is the Sketchpad's drawing, when enabled."""
+        return await self.generate(
+            photos, prompt, negative_prompt, style, aspect_ratio, steps, style_strength,
+            num_outputs, guidance_scale, seed, randomize_seed,
+            self.read_doodle(doodle_enabled, sketch), adapter_conditioning_scale,
+            adapter_conditioning_factor, progress=progress,
+        )  # fmt: skip
+
+    @staticmethod
+    def read_doodle(enabled: bool, sketch: dict | None):
+        """The Sketchpad's drawing (its composite) when the doodle is enabled, else None."""
+        if not enabled or not sketch:
+            return None
+        return sketch.get("composite")
+
+    @staticmethod
+    def doodle_toggled(enabled: bool):
+        return gr.update(visible=bool(enabled))
 
     # -- after a run ----------------------------------------------------------------------
 
@@ -558,7 +667,7 @@ class AppHandlers:
     def load_settings(self, path: str | None):
         """Restore the form from one of our PNGs (its JSON text chunk)."""
         if not path:
-            return [gr.update()] * 11
+            return [gr.update()] * 13
         try:
             meta = metadata.read_metadata(path)
         except PhotoMakerInputError as err:
@@ -571,6 +680,10 @@ class AppHandlers:
         if ratio not in ASPECT_RATIOS:
             ratio = gr.update()
         gr.Info(f"Settings of {Path(path).name} loaded: seed {meta.get('seed')}, Randomize off.")
+        if meta.get("doodle"):
+            gr.Warning(
+                "That picture was made with a doodle, which PNGs do not keep: draw it again."
+            )
         return (
             meta.get("prompt", ""),
             meta.get("negative_prompt", ""),
@@ -583,6 +696,12 @@ class AppHandlers:
             gr.update(value=meta.get("seed"), interactive=True),
             False,
             gr.update(open=True),
+            _slider_to(
+                meta.get("adapter_conditioning_scale"), *UI_LIMITS["adapter_conditioning_scale"]
+            ),
+            _slider_to(
+                meta.get("adapter_conditioning_factor"), *UI_LIMITS["adapter_conditioning_factor"]
+            ),
         )
 
     def ui_range(self, name: str) -> tuple[float, float]:
@@ -768,6 +887,17 @@ SCROLL_TO_RESULTS = """
   if (top < 0 || top > window.innerHeight * 0.5) el.scrollIntoView({behavior: "smooth", block: "start"});
 }
 """
+# Gradio's Sketchpad starts with no tool picked; enabling the doodle picks the brush.
+PICK_THE_BRUSH = """
+(on) => {
+  if (on) setTimeout(() => {
+    const pad = document.getElementById("doodle-pad");
+    const brush = pad && pad.querySelector('button[aria-label="Brush"]');
+    if (brush) brush.click();
+  }, 300);
+  return on;
+}
+"""
 SCROLL_TO_FORM = """
 () => {
   const el = document.getElementById("photo-view");
@@ -781,6 +911,13 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
     faces = (
         " Each photo shows ✓ when its face was found and ✗ when not." if service.needs_faces else ""
     )
+    doodle = (
+        "\n- **Enable doodle** to sketch the layout (a head, the shoulders, a horizon): the "
+        "strokes set where things go; *Doodle strength* is how strictly, *Doodle follows for* "
+        "for how many of the first steps."
+        if getattr(service, "doodle_available", False)
+        else ""
+    )
     return f"""
 - Upload **1 to {settings.max_photos} photos** of one person; several photos from different
   angles give a better likeness. Faces should be clear and not too small.{faces}
@@ -790,7 +927,10 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
 - **Style strength** is the share of the steps that see only your text before the identity
   comes in: 15–20% for likeness, 30–50% for stylized pictures.
 - The same photos, prompt, settings and seed always give the same pictures: *Reuse this seed*,
-  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).
+  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}
+- Each caption ends with the picture's **likeness** to the person: the cosine similarity of
+  face embeddings (ArcFace), about 0.4–0.7 for a good likeness; "no face found" when the
+  picture shows no face.
 """
 
 
@@ -810,6 +950,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
         pipe.set_progress_bar_config(disable=False, leave=False)
     handlers = AppHandlers(service, settings)
     word = service.trigger_word
+    doodle_on = bool(getattr(service, "doodle_available", False))
     steps_default = 4 if settings.tiny else 50
 
     # css/theme on the Blocks: Gradio 6 moved them to launch() but still honours them here as
@@ -892,6 +1033,59 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                         elem_id="aspect-ratio",
                         min_width=220,
                     )
+                # The doodle: a Sketchpad for people; the API's `doodle` is the hidden image
+                # below, filled from the Sketchpad when Generate is pressed.
+                enable_doodle = gr.Checkbox(
+                    label="Enable doodle",
+                    value=False,
+                    visible=doodle_on,
+                    info="Sketch a rough layout (pose, framing) for the picture to follow.",
+                    elem_id="enable-doodle",
+                )
+                with gr.Column(visible=False, elem_id="doodle-area") as doodle_area:
+                    sketchpad = gr.Sketchpad(
+                        label="Doodle (stretched to the picture's aspect ratio)",
+                        type="pil",
+                        canvas_size=(512, 512),
+                        height=420,
+                        layers=False,
+                        transforms=(),
+                        brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=6),
+                        buttons=[],
+                        placeholder="Pick the brush (left), then sketch a rough layout",
+                        elem_id="doodle-pad",
+                    )
+                    with gr.Row():
+                        adapter_scale = gr.Slider(
+                            label="Doodle strength",
+                            minimum=UI_LIMITS["adapter_conditioning_scale"][0],
+                            maximum=UI_LIMITS["adapter_conditioning_scale"][1],
+                            step=0.05,
+                            value=DOODLE_SCALE,
+                            info="How strongly the doodle steers the layout.",
+                            elem_id="doodle-strength",
+                        )
+                        adapter_factor = gr.Slider(
+                            label="Doodle follows for (share of steps)",
+                            minimum=UI_LIMITS["adapter_conditioning_factor"][0],
+                            maximum=UI_LIMITS["adapter_conditioning_factor"][1],
+                            step=0.05,
+                            value=DOODLE_FACTOR,
+                            info="Early steps set the layout; later ones, the details.",
+                            elem_id="doodle-factor",
+                        )
+                api_call = gr.Button(visible=False, elem_id="api-generate")  # /generate's trigger
+                doodle = image_path_input(
+                    gr.Image(
+                        label="Doodle",
+                        type="filepath",
+                        format="png",
+                        image_mode=None,
+                        visible="hidden",
+                        elem_id="doodle-image",
+                    ),
+                    "doodle",
+                )
                 with gr.Row(elem_id="generate-row"):
                     submit = gr.Button(
                         _why_not("empty"),
@@ -1019,6 +1213,8 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             (num_outputs, Param("num_outputs", "Number of images", "integer", *LIMITS["num_outputs"])),
             (guidance_scale, Param("guidance_scale", "Guidance scale", "number", *LIMITS["guidance_scale"])),
             (seed, Param("seed", "Seed", "integer", *LIMITS["seed"], optional=True)),
+            (adapter_scale, Param("adapter_conditioning_scale", "Doodle strength", "number", *LIMITS["adapter_conditioning_scale"])),
+            (adapter_factor, Param("adapter_conditioning_factor", "Doodle share of steps", "number", *LIMITS["adapter_conditioning_factor"])),
         ]  # fmt: skip
         for component, param in numbers:
             checked(component, param)
@@ -1054,12 +1250,37 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
         documented(guidance_scale, "Classifier-free guidance scale, 0-20.", 5.0)
         documented(seed, "The seed, 0-2147483647; used when randomize_seed is false.", 42)
         documented(randomize_seed, "True to pick a new random seed.", False)
-        guard_file_inputs(demo, {photos._id: ("Photos", "photos")})
+        off = "" if doodle_on else " The doodle is off on this server: a doodle is refused."
+        documented(
+            doodle,
+            "Optional rough drawing that sets the layout (handle_file(path or URL)): dark "
+            "strokes on white or transparent, or white on black; stretched to the picture. "
+            f"null for none.{off}",
+            example=None,
+        )
+        documented(
+            adapter_scale,
+            "How strongly the doodle steers the layout, 0-1 (UI: 0.5-1); used with a doodle.",
+            DOODLE_SCALE,
+        )
+        documented(
+            adapter_factor,
+            "Share of the steps, from the first, that the doodle steers, 0-1 (UI: 0.5-1).",
+            DOODLE_FACTOR,
+        )
+        guard_file_inputs(
+            demo,
+            {photos._id: ("Photos", "photos", True), doodle._id: ("Doodle", "doodle", False)},
+            later_parameters={
+                "generate": [None, DOODLE_SCALE, DOODLE_FACTOR]
+            },  # doodle and its two numbers
+        )
 
         # -- events ------------------------------------------------------------------------
         inputs = [
             photos, prompt, negative_prompt, style, aspect_ratio, steps, style_strength,
-            num_outputs, guidance_scale, seed, randomize_seed,
+            num_outputs, guidance_scale, seed, randomize_seed, doodle, adapter_scale,
+            adapter_factor,
         ]  # fmt: skip
         triggers = [submit.click, prompt.submit]
         gr.on(triggers, fn=None, js=SCROLL_TO_RESULTS, api_visibility="private")
@@ -1072,15 +1293,25 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             api_visibility="private",
             show_progress="hidden",
         )
+        # The page sends the Sketchpad (when the doodle is enabled); API clients send an
+        # image file as `doodle` (a hidden input). Both wait in the one GPU queue.
         run = gr.on(
             triggers,
+            fn=handlers.generate_from_page,
+            inputs=[*inputs[:-3], enable_doodle, sketchpad, adapter_scale, adapter_factor],
+            outputs=[gallery, seed_used],
+            api_visibility="private",
+            concurrency_limit=1,
+            concurrency_id="gpu",
+            trigger_mode="once",
+        )
+        api_call.click(
             fn=handlers.generate,
             inputs=inputs,
             outputs=[gallery, seed_used],
             api_name="generate",
             concurrency_limit=1,
             concurrency_id="gpu",
-            trigger_mode="once",
         )
         # .then() runs after a success only in Gradio 6.31's page; .failure() after an error.
         for after in (run.then, run.failure):
@@ -1152,8 +1383,19 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
                 seed,
                 randomize_seed,
                 advanced,
+                adapter_scale,
+                adapter_factor,
             ],  # fmt: skip
             api_visibility="private",
+        )
+        enable_doodle.change(
+            handlers.doodle_toggled,
+            enable_doodle,
+            doodle_area,
+            js=PICK_THE_BRUSH,
+            api_visibility="private",
+            show_progress="hidden",
+            queue=False,
         )
         if examples:
             example_view.select(

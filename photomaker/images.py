@@ -111,15 +111,23 @@ def _composite_on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+
+
+def _to_rgba(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGBA" else image.convert("RGBA")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode → 8-bit RGB. Transparency is composited on white; 16-bit and float
     grey levels are scaled to 0–255, not clipped."""
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode in ("P", "L", "RGB") and "transparency" in image.info
-    ):
+    if _has_alpha(image):
         return _composite_on_white(image)
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(image).astype(np.int64)
@@ -246,6 +254,7 @@ def load_image(
     *,
     max_megapixels: float | None = None,
     min_side: int | None = None,
+    keep_alpha: bool = False,
 ) -> Image.Image:
     """Read one image as an upright RGB PIL image.
 
@@ -258,7 +267,9 @@ def load_image(
 
     ``max_megapixels`` refuses an image with more pixels than that to decode — read from the
     header, before any decoding (for a JPEG, after the reduced scale is chosen). ``min_side``
-    refuses an image whose shorter side, after the downscale, is below it.
+    refuses an image whose shorter side, after the downscale, is below it. ``keep_alpha``
+    gives an image with transparency as RGBA instead of compositing it on white (a drawing's
+    strokes, see :func:`photomaker.pipeline_adapter.doodle_image`).
 
     Raises :class:`PhotoMakerInputError` naming the file (never its folder) when the source
     is not a readable image or is outside those limits.
@@ -274,7 +285,7 @@ def load_image(
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
         image = ImageOps.exif_transpose(image)
-        image = to_rgb(image)
+        image = _to_rgba(image) if keep_alpha and _has_alpha(image) else to_rgb(image)
     except PhotoMakerInputError as exc:
         raise PhotoMakerInputError(f"{name} {exc}.") from exc
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours

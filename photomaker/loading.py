@@ -196,7 +196,12 @@ def load_model(model_class: Any, location: str, dtype: torch.dtype, what: str) -
 
 def load_doodle_adapter(settings: Settings) -> Any | None:
     """The doodle's T2I-Adapter, or ``None`` when the doodle is off; a tiny random one in
-    tiny mode (whatever adapter is named, unless it is ``none``)."""
+    tiny mode (whatever adapter is named, unless it is ``none``).
+
+    An adapter named in the settings must load (else :class:`PhotoMakerInputError`). The
+    default one is optional: where it is neither in the Hugging Face cache nor downloadable
+    (offline, ``HF_HUB_OFFLINE=1``, no access), the doodle is off, with a warning in the
+    log, and everything else starts as usual."""
     location = settings.doodle_adapter_location
     if location is None:
         return None
@@ -208,7 +213,20 @@ def load_doodle_adapter(settings: Settings) -> Any | None:
 
     logger.info("loading the doodle adapter %s", location)
     message = "doodle adapter (--doodle-adapter; 'none' turns the doodle off)"
-    return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+    if settings.doodle_adapter_required:
+        return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+    try:
+        return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+    except Exception as error:  # optional: any failure (offline, no access) turns it off
+        logger.warning(
+            "the doodle is off: the default doodle adapter %s could not be loaded (%s). "
+            "Download it (hf download %s), name one with --doodle-adapter, or give "
+            "--doodle-adapter none to silence this.",
+            location,
+            error,
+            location,
+        )
+        return None
 
 
 def load_controlnet(settings: Settings) -> Any | None:
@@ -340,6 +358,7 @@ def build_service(settings: Settings) -> Any:
     styles = StyleBook.load(trigger_word=settings.trigger_word)
     analyzer = build_analyzer(settings)
     pipe = build_pipeline(settings)
+    likeness_analyzer = build_likeness_analyzer(settings, analyzer)
     return PhotoMakerService(
         pipe,
         analyzer,
@@ -349,4 +368,5 @@ def build_service(settings: Settings) -> Any:
         max_photos=settings.max_photos,
         max_photo_megapixels=settings.max_photo_megapixels,
         tiny=settings.tiny,
+        likeness_analyzer=likeness_analyzer,
     )

@@ -7,10 +7,16 @@ Every PNG the app, the API and the CLI write carries two text chunks:
 
       <prompt as sent to the model>
       Negative prompt: <negative prompt as sent>
-      Steps: 50, Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 896x1152, Model: ..., ...
+      Steps: 50, Sampler: Euler, CFG scale: 5.0, Seed: 42, Size: 896x1152, Model: ..., ...,
+      Likeness: 0.62
+
 
 * ``photomaker``: the same facts as JSON, with the user's own words kept apart from the style
   (what :func:`read_metadata` reads, so "Load settings from image" restores the form exactly).
+
+Both say whether a doodle or a control image steered the layout (with their strengths; the
+drawing itself is not stored) and the image's ID likeness (``likeness``: the cosine
+similarity, or null with ``likeness_text`` "no face found" / "likeness n/a").
 
 Pure functions, no Gradio: :func:`build_metadata` (from a
 :class:`~photomaker.service.GenerationResult` and the :class:`~photomaker.settings.Settings`),
@@ -113,11 +119,38 @@ def build_metadata(
         "trigger_word": settings.trigger_word,
         "style_lora": settings.style_lora,
         "style_lora_weight": settings.style_lora_weight if settings.style_lora else None,
+        "doodle": bool(result.doodle),
+        "doodle_adapter": _model_name(settings.doodle_adapter_location, settings, result.doodle),
+        "adapter_conditioning_scale": _optional_number(result.adapter_conditioning_scale),
+        "adapter_conditioning_factor": _optional_number(result.adapter_conditioning_factor),
+        "control_image": bool(result.control_image),
+        "controlnet": _model_name(settings.controlnet, settings, result.control_image),
+        "controlnet_conditioning_scale": _optional_number(result.controlnet_conditioning_scale),
+        "likeness": _likeness(result, index),
+        "likeness_text": result.likeness_text(index),
         "tiny": settings.tiny,
         "app": APP_NAME,
         "app_version": app_version(),
     }
     return meta
+
+
+def _model_name(location: str | None, settings: Settings, used: bool) -> str | None:
+    """The model that read a doodle or control image, when one did."""
+    if not used:
+        return None
+    return "tiny random weights" if settings.tiny else location
+
+
+def _optional_number(value: float | None) -> int | float | None:
+    return None if value is None else _plain_number(value)
+
+
+def _likeness(result: GenerationResult, index: int) -> float | None:
+    scores = result.likeness
+    if scores is None or index >= len(scores) or scores[index] is None:
+        return None
+    return round(float(scores[index]), 4)
 
 
 def _plain_number(value: float) -> int | float:
@@ -154,6 +187,12 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
         ("Trigger word", meta["trigger_word"]),
         ("Style LoRA", meta.get("style_lora")),
         ("Style LoRA weight", meta.get("style_lora_weight")),
+        ("Doodle adapter", meta.get("doodle_adapter")),
+        ("Doodle strength", meta.get("adapter_conditioning_scale")),
+        ("Doodle steps share", meta.get("adapter_conditioning_factor")),
+        ("ControlNet", meta.get("controlnet")),
+        ("ControlNet scale", meta.get("controlnet_conditioning_scale")),
+        ("Likeness", _likeness_words(meta)),
         ("Version", f"{meta['app']} {meta['app_version']}"),
     ]
     line = ", ".join(f"{k}: {_a1111_value(v)}" for k, v in fields if v not in (None, ""))
@@ -162,6 +201,16 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
         lines.append(f"Negative prompt: {meta['styled_negative_prompt']}")
     lines.append(line)
     return "\n".join(lines)
+
+
+def _likeness_words(meta: Mapping[str, Any]) -> str | None:
+    """``0.62``, ``no face found`` or ``n/a``; nothing for metadata written before likeness."""
+    if meta.get("likeness") is not None:
+        return f"{meta['likeness']:.2f}"
+    text = meta.get("likeness_text")
+    if not text:
+        return None
+    return "n/a" if text.endswith("n/a") else text
 
 
 def png_info(meta: Mapping[str, Any]) -> PngImagePlugin.PngInfo:

@@ -252,9 +252,12 @@ def doodle_image(
 
     The SDXL sketch adapter was trained on white lines on black. A drawing with transparency
     (Gradio's Sketchpad composite, RGBA) has its strokes where it is opaque, whatever their
-    colour — as the reference demo reads it; an opaque drawing (or a canvas with a solid
-    background) has dark strokes on light paper. Either way the result is binary white-on-black RGB of ``width × height`` (stretched,
-    like the reference, so the layout maps onto the whole picture). Runs on the CPU.
+    colour — as the reference demo reads it. In an opaque drawing (or a canvas with a solid
+    background) the strokes are what differs from the paper, the colour of most of its
+    border: dark strokes on light paper, or light strokes on dark paper (the adapter's own
+    white-on-black, as an API client or an edge detector may send it). Either way the result
+    is binary white-on-black RGB of ``width × height`` (stretched, like the reference, so the
+    layout maps onto the whole picture). Runs on the CPU.
     """
     image = PIL.Image.fromarray(sketch) if isinstance(sketch, np.ndarray) else sketch
     alpha = None
@@ -262,8 +265,10 @@ def doodle_image(
         alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
     if alpha is not None and alpha.min() < threshold:  # strokes on a transparent canvas
         strokes = alpha >= threshold
-    else:  # an opaque drawing: dark strokes on light paper
-        strokes = np.asarray(image.convert("L")) < threshold
+    else:  # an opaque drawing: the strokes differ from the paper (most of the border)
+        dark = np.asarray(image.convert("L")) < threshold
+        border = np.concatenate([dark[0], dark[-1], dark[:, 0], dark[:, -1]])
+        strokes = ~dark if border.mean() > 0.5 else dark
     if not strokes.any():
         return None
     mask = PIL.Image.fromarray((strokes * 255).astype(np.uint8)).resize(

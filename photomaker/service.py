@@ -7,8 +7,10 @@ get wrong is checked here, in this order, before any GPU work, and raised as
 
 1. numbers in range, a known style and aspect ratio;
 2. the photos load (images, not too many);
-3. the trigger word and the token budget of the *styled* prompt;
-4. faces (V2, or when cropping): every photo needs one, unless the service was told to skip
+3. the doodle or control image, when one is given: the server has what reads it (a
+   T2I-Adapter or a ControlNet), and it loads;
+4. the trigger word and the token budget of the *styled* prompt;
+5. faces (V2, or when cropping): every photo needs one, unless the service was told to skip
    photos without a face, in which case it drops them and says which.
 
 Generation itself is split in two so the app can put only the second half on the GPU
@@ -23,6 +25,10 @@ concurrency, and can be cancelled between steps (``cancel=threading.Event()``). 
 it reaches the user as :class:`~photomaker.errors.PhotoMakerServerError` — out of memory with
 what to change, anything else with an error id that is in the log beside the traceback —
 never as a traceback, and the server serves the next request.
+
+After the GPU part, back on the CPU, each image gets its ID likeness
+(:func:`~photomaker.faces.likeness`: the cosine similarity of ArcFace embeddings, the paper's
+ID-similarity metric) when the service has a face analyzer for it.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from .errors import (
     PhotoMakerInputError,
     PhotoMakerServerError,
 )
-from .images import DEFAULT_MAX_MEGAPIXELS, image_digest
+from .images import DEFAULT_MAX_MEGAPIXELS, image_digest, to_rgb
 from .styles import DEFAULT_STYLE, StyleBook, default_styles
 
 logger = logging.getLogger(__name__)
@@ -92,6 +98,9 @@ LIMITS = {
     "num_outputs": (1, 4),
     "guidance_scale": (0.0, 20.0),
     "seed": (0, MAX_SEED),
+    "adapter_conditioning_scale": (0.0, 1.0),
+    "adapter_conditioning_factor": (0.0, 1.0),
+    "controlnet_conditioning_scale": (0.0, 2.0),
 }
 
 
@@ -125,6 +134,16 @@ class GenerationRequest:
     guidance_scale: float = 5.0
     seed: int = 0
     randomize_seed: bool = True
+    #: A rough drawing that sets the layout (needs the doodle's T2I-Adapter): a path, PIL
+    #: image, numpy array or a Gradio Sketchpad value (a dict with its "composite").
+    doodle: Any = None
+    #: How strongly the doodle steers (the adapter's residuals are multiplied by it).
+    adapter_conditioning_scale: float = 0.7
+    #: The share of the steps, from the first, that the doodle steers.
+    adapter_conditioning_factor: float = 0.8
+    #: A control image for the server's ControlNet (``--controlnet``): pose, edges, depth...
+    control_image: Any = None
+    controlnet_conditioning_scale: float = 1.0
 
 
 @dataclass
@@ -166,6 +185,8 @@ class GenerationJob:
     (V2). On an ID-cache hit both are ``None`` and ``id_image_embeds`` carries the encoding.
     A trigger word in ``negative_prompt`` is read as the ordinary word by the pipeline
     (:meth:`~photomaker.pipeline.PhotoMakerStableDiffusionXLPipeline.ordinary_text`).
+    ``doodle`` (the adapter's white-on-black input) and ``control_image`` are small PIL
+    images at the output size, or ``None``.
     """
 
     prompt: str
@@ -181,6 +202,27 @@ class GenerationJob:
     width: int
     height: int
     seed: int
+    doodle: Image.Image | None = None
+    adapter_conditioning_scale: float = 0.7
+    adapter_conditioning_factor: float = 0.8
+    control_image: Image.Image | None = None
+    controlnet_conditioning_scale: float = 1.0
+
+    def structure_kwargs(self) -> dict[str, Any]:
+        """The pipeline arguments of the doodle or the control image; none without them, so
+        such a job calls the pipeline exactly as before."""
+        if self.doodle is not None:
+            return {
+                "image": self.doodle,
+                "adapter_conditioning_scale": self.adapter_conditioning_scale,
+                "adapter_conditioning_factor": self.adapter_conditioning_factor,
+            }
+        if self.control_image is not None:
+            return {
+                "image": self.control_image,
+                "controlnet_conditioning_scale": self.controlnet_conditioning_scale,
+            }
+        return {}
 
 
 @dataclass
@@ -209,12 +251,31 @@ class GenerationResult:
     guidance_scale: float = 0.0
     user_prompt: str = ""
     user_negative_prompt: str = ""
+    # Structure control, when used (else False / None).
+    doodle: bool = False
+    adapter_conditioning_scale: float | None = None
+    adapter_conditioning_factor: float | None = None
+    control_image: bool = False
+    controlnet_conditioning_scale: float | None = None
+    #: Each image's ID likeness (None: no face found in it); None for all when it could not
+    #: be scored (no face analyzer, or no face in the ID photos): "likeness n/a".
+    likeness: list[float | None] | None = None
+
+    def likeness_text(self, index: int) -> str:
+        """``likeness 0.62``, ``no face found`` or ``likeness n/a`` for image ``index``."""
+        from .faces import likeness_caption
+
+        if self.likeness is None or index >= len(self.likeness):
+            return likeness_caption(None, available=False)
+        return likeness_caption(self.likeness[index])
 
     @property
     def captions(self) -> list[str]:
         n = len(self.images)
         return [
-            f"seed {self.seed} · {self.style}" + (f" · {i + 1}/{n}" if n > 1 else "")
+            f"seed {self.seed} · {self.style}"
+            + (f" · {i + 1}/{n}" if n > 1 else "")
+            + f" · {self.likeness_text(i)}"
             for i in range(n)
         ]
 
@@ -320,6 +381,12 @@ def check_request(
         values["seed"] = secrets.randbelow(MAX_SEED + 1)
     else:
         values["seed"] = _number("seed", request.seed, integer=True)
+    for name in (
+        "adapter_conditioning_scale",
+        "adapter_conditioning_factor",
+        "controlnet_conditioning_scale",
+    ):
+        values[name] = _number(name, getattr(request, name), integer=False)
     user_prompt = _check_text("prompt", request.prompt, MAX_PROMPT_CHARS)
     if not user_prompt.strip():
         raise PhotoMakerInputError(
@@ -401,7 +468,11 @@ def _interrupt_when_set(cancel: threading.Event) -> Callable[..., dict]:
 
 
 class PhotoMakerService:
-    """The pipeline, the face analyzer, the styles and a cache of ID encodings."""
+    """The pipeline, the face analyzer, the styles and a cache of ID encodings.
+
+    ``likeness_analyzer`` scores each result's ID likeness (usually ``analyzer`` itself; for
+    V1 a face analyzer of its own, see :func:`~photomaker.loading.build_likeness_analyzer`);
+    ``None`` gives "likeness n/a"."""
 
     def __init__(
         self,
@@ -415,9 +486,11 @@ class PhotoMakerService:
         max_photo_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         tiny: bool = False,
         id_cache_size: int = 8,
+        likeness_analyzer: Any = None,
     ) -> None:
         self.pipe = pipe
         self.analyzer = analyzer
+        self.likeness_analyzer = likeness_analyzer
         self.styles = styles or default_styles()
         self.crop_faces = crop_faces
         self.skip_faceless_photos = skip_faceless_photos
@@ -446,6 +519,26 @@ class PhotoMakerService:
     @property
     def needs_faces(self) -> bool:
         return self.pm_version == "v2" or self.crop_faces
+
+    @property
+    def doodle_available(self) -> bool:
+        """True when the pipeline has a T2I-Adapter to read a doodle with."""
+        from .pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
+
+        return (
+            isinstance(self.pipe, PhotoMakerStableDiffusionXLAdapterPipeline)
+            and getattr(self.pipe, "adapter", None) is not None
+        )
+
+    @property
+    def controlnet_available(self) -> bool:
+        """True when the pipeline has a ControlNet to read a control image with."""
+        from .pipeline_controlnet import PhotoMakerStableDiffusionXLControlNetPipeline
+
+        return (
+            isinstance(self.pipe, PhotoMakerStableDiffusionXLControlNetPipeline)
+            and getattr(self.pipe, "controlnet", None) is not None
+        )
 
     @property
     def style_names(self) -> list[str]:
@@ -484,6 +577,64 @@ class PhotoMakerService:
         messages = [r.message for r in reports if r.message]
         return PhotoAnalysis(images, list(reports), messages)
 
+    def load_drawing(self, source: Any, what: str) -> Image.Image | None:
+        """A doodle or control image as PIL (transparency kept), or ``None`` for none.
+
+        ``source``: a path, bytes, PIL image, numpy array, or a Gradio ImageEditor / Sketchpad
+        value (a dict whose "composite" is the drawing). Bounded like the photos: the pixel
+        limit is checked from the file header, and the longer side kept at 2048."""
+        from .images import load_image
+
+        if isinstance(source, dict):
+            if not {"composite", "background", "layers"} & set(source):
+                raise PhotoMakerInputError(
+                    f"The {what.lower()} must be an image (or a Sketchpad value with its "
+                    f"'composite'), not a dict with {', '.join(map(str, source))}."
+                )
+            source = source.get("composite")
+        if source is None:
+            return None
+        try:
+            return load_image(
+                source, max_side=2048, max_megapixels=self.max_photo_megapixels, keep_alpha=True
+            )
+        except PhotoMakerInputError as exc:
+            raise PhotoMakerInputError(f"{what}: {exc}") from exc
+
+    def prepare_structure(
+        self, request: GenerationRequest, width: int, height: int
+    ) -> tuple[Image.Image | None, Image.Image | None, list[str]]:
+        """(doodle, control image, messages): each at the output size, or ``None``.
+
+        A doodle needs the doodle's T2I-Adapter and a control image a ControlNet; asking for
+        one the server lacks is a :class:`PhotoMakerInputError`. A blank doodle is no doodle
+        (with a message)."""
+        from .pipeline_adapter import doodle_image
+
+        messages: list[str] = []
+        doodle = control = None
+        if request.doodle is not None:
+            if not self.doodle_available:
+                raise PhotoMakerInputError(
+                    "The doodle is off on this server (--doodle-adapter none, an adapter that "
+                    "could not be loaded, or a ControlNet in its place): send the request "
+                    "without a doodle."
+                )
+            drawing = self.load_drawing(request.doodle, "Doodle")
+            doodle = None if drawing is None else doodle_image(drawing, width, height)
+            if drawing is not None and doodle is None:
+                messages.append("The doodle is blank, so the pictures were made without it.")
+        if request.control_image is not None:
+            if not self.controlnet_available:
+                raise PhotoMakerInputError(
+                    "A control image needs a ControlNet, and this server has none: start it "
+                    "with --controlnet (a hub id or folder), or send no control image."
+                )
+            drawing = self.load_drawing(request.control_image, "Control image")
+            if drawing is not None:
+                control = to_rgb(drawing).resize((width, height), Image.Resampling.BICUBIC)
+        return doodle, control, messages
+
     # -- validation and preparation -----------------------------------------------------
 
     def check_request(self, request: GenerationRequest) -> dict[str, Any]:
@@ -505,8 +656,11 @@ class PhotoMakerService:
         t0 = time.perf_counter()
         values = self.check_request(request)
         images = self.load_photos(request.photos)
+        doodle, control_image, notes = self.prepare_structure(
+            request, values["width"], values["height"]
+        )
         # The trigger word is checked before faces so a prompt mistake is reported first.
-        messages = self.check_prompt(values["prompt"], len(images))
+        messages = self.check_prompt(values["prompt"], len(images)) + notes
         t_load = time.perf_counter()
 
         reports = None
@@ -549,12 +703,18 @@ class PhotoMakerService:
             width=values["width"],
             height=values["height"],
             seed=values["seed"],
+            doodle=doodle,
+            adapter_conditioning_scale=values["adapter_conditioning_scale"],
+            adapter_conditioning_factor=values["adapter_conditioning_factor"],
+            control_image=control_image,
+            controlnet_conditioning_scale=values["controlnet_conditioning_scale"],
         )
         context = {
             "style": values["style"],
             "style_strength": values["style_strength"],
             "negative_prompt": values["negative_prompt"],
             "reports": reports,
+            "images": images,
             "photo_sizes": [image.size for image in images],
             "messages": list(dict.fromkeys(messages)),
             "timings": {
@@ -671,6 +831,7 @@ class PhotoMakerService:
                 generator=generator,
                 output_type="pil",
                 callback_on_step_end=_interrupt_when_set(cancel) if cancel is not None else None,
+                **job.structure_kwargs(),
             )
         _raise_if_cancelled(cancel)  # interrupted: the images are unfinished, none are shown
         t2 = time.perf_counter()
@@ -682,6 +843,36 @@ class PhotoMakerService:
         megapixels = job.width * job.height / (1024 * 1024)
         seconds = 10 + 0.2 * job.steps * job.num_outputs * megapixels
         return int(min(max(seconds, 20), 240))
+
+    # -- after the GPU part ---------------------------------------------------------------
+
+    def score_likeness(
+        self,
+        images: Sequence[Image.Image],
+        reports: Sequence[Any] | None,
+        id_images: Sequence[Image.Image] = (),
+    ) -> list[float | None] | None:
+        """Each image's ID likeness against the ID photos' faces (:func:`faces.likeness`), on
+        the CPU, after the GPU part. The reference embeddings are those of the face reports
+        (V2, cropping); without reports (V1) the likeness analyzer reads the ID photos.
+
+        ``None`` — "likeness n/a" — without a likeness analyzer, without a face in the ID
+        photos, or when scoring fails (logged): an optional score never costs the images."""
+        analyzer = self.likeness_analyzer
+        if analyzer is None:
+            return None
+        from .faces import likeness
+
+        try:
+            if reports is None:
+                reports = analyzer.analyze(list(id_images))
+            references = [r.embedding for r in reports if r.found and r.embedding is not None]
+            if not references:
+                return None
+            return likeness(analyzer, list(images), np.stack(references))
+        except Exception:
+            logger.warning("could not score the likeness (shown as n/a)", exc_info=True)
+            return None
 
     # -- the whole thing ----------------------------------------------------------------
 
@@ -706,6 +897,10 @@ class PhotoMakerService:
         images; no other job is touched. On ZeroGPU the job runs in another process, which an
         Event cannot reach: pass ``cancel=None`` there and let ZeroGPU end the call.
 
+        After the GPU part, on the CPU and outside ``run_job`` (so outside ZeroGPU's
+        allocation), each image's ID likeness is scored (:meth:`score_likeness`):
+        ``result.likeness``, ``timings["likeness"]``, and the end of each caption.
+
         Raises :class:`PhotoMakerInputError` for what the user can fix (before any GPU work)
         and :class:`PhotoMakerServerError` for failures (out of memory, a bug: with an error id
         that is in the log beside the traceback); never anything else.
@@ -724,7 +919,14 @@ class PhotoMakerService:
         with self.server_errors("generating the images"):
             output = runner(job) if cancel is None else runner(job, cancel=cancel)
         self._remember(job, output)
-        timings = {**context["timings"], **output.timings, "total": time.perf_counter() - t0}
+        t_likeness = time.perf_counter()
+        scores = self.score_likeness(output.images, context["reports"], context["images"])
+        timings = {
+            **context["timings"],
+            **output.timings,
+            "likeness": time.perf_counter() - t_likeness,
+            "total": time.perf_counter() - t0,
+        }
         logger.info(
             "generated %d image(s) %dx%d, %d steps, seed %d, in %.1fs",
             len(output.images),
@@ -751,4 +953,16 @@ class PhotoMakerService:
             guidance_scale=job.guidance_scale,
             user_prompt=request.prompt,
             user_negative_prompt=request.negative_prompt or "",
+            doodle=job.doodle is not None,
+            adapter_conditioning_scale=(
+                job.adapter_conditioning_scale if job.doodle is not None else None
+            ),
+            adapter_conditioning_factor=(
+                job.adapter_conditioning_factor if job.doodle is not None else None
+            ),
+            control_image=job.control_image is not None,
+            controlnet_conditioning_scale=(
+                job.controlnet_conditioning_scale if job.control_image is not None else None
+            ),
+            likeness=scores,
         )

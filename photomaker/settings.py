@@ -172,9 +172,11 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "doodle_adapter",
         str,
-        DEFAULT_DOODLE_ADAPTER,
+        None,
         "SDXL T2I-Adapter (hub id or folder) that turns a doodle into the picture's layout, "
-        "loaded at start-up; 'none' turns the doodle off.",
+        f"loaded at start-up; 'none' turns the doodle off. Default: {DEFAULT_DOODLE_ADAPTER} "
+        "when it is in the Hugging Face cache or can be downloaded, else the doodle is off "
+        "(with a warning); an adapter named here must load.",
     ),
     Field(
         "controlnet",
@@ -270,7 +272,7 @@ class Settings:
     vae_fp16_fix: str | None = None
     style_lora: str | None = None
     style_lora_weight: float = 0.8
-    doodle_adapter: str = DEFAULT_DOODLE_ADAPTER
+    doodle_adapter: str | None = None  # None: the default adapter, if it can be had
     controlnet: str | None = None
     max_photos: int = 10
     max_photo_megapixels: float = 40.0
@@ -350,9 +352,17 @@ class Settings:
     @property
     def doodle_adapter_location(self) -> str | None:
         """The doodle adapter to load (hub id or folder), or ``None`` when the doodle is off."""
-        if self.doodle_adapter is None or self.doodle_adapter.strip().lower() in DOODLE_OFF:
+        if self.doodle_adapter is None:
+            return DEFAULT_DOODLE_ADAPTER
+        if self.doodle_adapter.strip().lower() in DOODLE_OFF:
             return None
         return self.doodle_adapter
+
+    @property
+    def doodle_adapter_required(self) -> bool:
+        """True when the adapter was named (flag or environment): then it must load. The
+        default one is optional: where it cannot be had, the app starts with the doodle off."""
+        return self.doodle_adapter_location is not None and self.doodle_adapter is not None
 
     def resolved_device(self) -> str:
         """``cuda``, ``mps`` or ``cpu``; ``auto`` picks the best available."""

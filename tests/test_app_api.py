@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,10 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120
 PARAMETERS = [
     "photos", "prompt", "negative_prompt", "style", "aspect_ratio", "steps", "style_strength",
-    "num_outputs", "guidance_scale", "seed", "randomize_seed",
+    "num_outputs", "guidance_scale", "seed", "randomize_seed", "doodle",
+    "adapter_conditioning_scale", "adapter_conditioning_factor",
 ]  # fmt: skip
+#: The parameters added with the doodle: optional, with defaults that change nothing.
+DOODLE_PARAMETERS = {
+    "doodle": None,
+    "adapter_conditioning_scale": 0.7,
+    "adapter_conditioning_factor": 0.8,
+}
+LIKENESS = r" · (likeness -?\d\.\d\d|no face found)$"
 
-_server: dict = {}
+_server: dict = {}  # the app most tests use
+#: Every app started, by name: "default" (_server) and others with settings of their own.
+_servers: dict[str, dict] = {"default": _server}
 
 
 def _free_port() -> int:
@@ -35,8 +46,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop() -> None:
-    proc = _server.get("proc")
+def _stop(server: dict) -> None:
+    proc = server.get("proc")
     if proc is not None and proc.poll() is None:
         proc.terminate()
         try:
@@ -45,12 +56,14 @@ def _stop() -> None:
             proc.kill()
 
 
-def app_url() -> str:
-    """Start `python app.py --tiny` once per test session; return its URL."""
-    if "url" in _server:
-        if _server["proc"].poll() is not None:
-            pytest.fail("the app process died; see " + str(_server["log"]))
-        return _server["url"]
+def app_url(name: str = "default", settings_env: dict[str, str] | None = None) -> str:
+    """Start `python app.py --tiny` once per test session (``name``: another app, with
+    ``settings_env`` as PHOTOMAKER_* variables of its own); return its URL."""
+    server = _servers.setdefault(name, {})
+    if "url" in server:
+        if server["proc"].poll() is not None:
+            pytest.fail("the app process died; see " + str(server["log"]))
+        return server["url"]
     port = _free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"photomaker-app-{port}.log"
     env = {
@@ -65,6 +78,7 @@ def app_url() -> str:
     }
     env.pop("PHOTOMAKER_VERSION", None)
     env.pop("PHOTOMAKER_PM_VERSION", None)
+    env.update(settings_env or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "app.py", "--tiny"],
@@ -73,8 +87,8 @@ def app_url() -> str:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    _server.update(proc=proc, log=log)
-    atexit.register(_stop)
+    server.update(proc=proc, log=log)
+    atexit.register(_stop, server)
     url = f"http://127.0.0.1:{port}/"
     started = time.monotonic()
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -84,11 +98,11 @@ def app_url() -> str:
         try:
             with urllib.request.urlopen(url + "gradio_api/info", timeout=2) as response:
                 if response.status == 200:
-                    _server.update(url=url, startup_s=time.monotonic() - started)
+                    server.update(url=url, startup_s=time.monotonic() - started)
                     return url
         except OSError:
             time.sleep(0.5)
-    _stop()
+    _stop(server)
     pytest.fail(f"app.py was not up within {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
 
 
@@ -153,6 +167,13 @@ def test_one_public_endpoint(client):
     endpoint = info["named_endpoints"]["/generate"]
     assert [p["parameter_name"] for p in endpoint["parameters"]] == PARAMETERS
     assert [r["component"] for r in endpoint["returns"]] == ["Gallery", "Number"]
+    defaults = {
+        p["parameter_name"]: (p["parameter_has_default"], p["parameter_default"])
+        for p in endpoint["parameters"]
+    }
+    assert {name: defaults[name] for name in DOODLE_PARAMETERS} == {
+        name: (True, value) for name, value in DOODLE_PARAMETERS.items()
+    }
 
 
 def test_generate_two_photos(client, photos):
@@ -160,6 +181,7 @@ def test_generate_two_photos(client, photos):
     assert len(gallery) == 3
     assert isinstance(seed, int) and 0 <= seed < 2**31
     assert all(item["caption"].startswith(f"seed {seed} · Photographic") for item in gallery)
+    assert all(re.search(LIKENESS, item["caption"]) for item in gallery)
     assert Image.open(gallery[0]["image"]).size == (64, 64)
     names = [Path(item["image"]).name for item in gallery]
     assert names == [f"photomaker-{seed}-{n}.png" for n in (1, 2, 3)]
@@ -201,8 +223,12 @@ def test_results_carry_their_settings(client, photos):
     assert meta["start_merge_step"] == 1  # int(40% of 3 steps)
     assert meta["aspect_ratio"] == "1:1 square (1024×1024)" and meta["tiny"] is True
     assert meta["photomaker_version"] == "v2" and meta["app"] == "photomaker-open"
+    assert meta["likeness_text"] in ("no face found", f"likeness {meta['likeness'] or 0:.2f}")
+    assert gallery[1]["caption"].endswith(" · " + meta["likeness_text"])
+    assert meta["doodle"] is False
     with Image.open(gallery[1]["image"]) as image:
         assert image.info["parameters"].splitlines()[-1].startswith("Steps: 3, Sampler: Euler")
+        assert "Likeness: " in image.info["parameters"]
 
 
 def test_api_page_has_real_examples_and_descriptions(client):
@@ -217,6 +243,11 @@ def test_api_page_has_real_examples_and_descriptions(client):
     assert examples["style"] == "Photographic (Default)" and examples["steps"] >= 20
     described = {p["parameter_name"]: p["type"]["description"] for p in parameters}
     assert "1-100" in described["steps"]  # the API's range, not the UI slider's
+    assert examples["doodle"] is None  # no doodle in the example: not a random photo
+    assert (
+        "0-1" in described["adapter_conditioning_scale"]
+        and "UI: 0.5-1" in described["adapter_conditioning_factor"]
+    )
 
 
 def test_same_seed_same_images(client, photos):
@@ -286,7 +317,7 @@ def raw_generate(data: list) -> tuple[str, object]:
 def good_payload(photo_files: list[dict]) -> list:
     return [
         photo_files, "a photo of a man img in the snow", "blurry", "Photographic (Default)",
-        "1:1 square (1024×1024)", 2, 20, 1, 5.0, 1, False,
+        "1:1 square (1024×1024)", 2, 20, 1, 5.0, 1, False, None, 0.7, 0.8,
     ]  # fmt: skip
 
 
@@ -316,6 +347,9 @@ BAD_VALUES = {
     "guidance_scale": ["abc", None, float("nan"), 21],
     "seed": ["abc", float("nan"), 1.5, -5, 2**40],
     "randomize_seed": ["abc", None, 1, "true"],
+    "doodle": ["abc", 3, [{"path": "x"}], {"url": "data:image/png;base64,AAAA"}, {"path": 5}],
+    "adapter_conditioning_scale": ["abc", None, float("nan"), 1.5, -0.1],
+    "adapter_conditioning_factor": ["x", None, 2, [0.5]],
 }
 
 
@@ -429,3 +463,129 @@ def test_cancel_does_not_disturb_other_jobs(photos):
     while "a cancelled generation stopped" not in log.read_text():
         assert time.monotonic() < deadline, "the cancelled job did not stop at a step"
         time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------- the doodle
+
+
+@pytest.fixture(scope="module")
+def sketch(tmp_path_factory) -> str:
+    """A doodle as the Sketchpad draws it: black strokes on a transparent canvas."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.ellipse((70, 30, 230, 220), outline=(0, 0, 0, 255), width=12)
+    draw.line((150, 220, 150, 295), fill=(0, 0, 0, 255), width=12)
+    path = tmp_path_factory.mktemp("doodle") / "doodle.png"
+    canvas.save(path)
+    return str(path)
+
+
+def test_a_doodle_changes_the_images_and_is_recorded(client, photos, sketch):
+    from gradio_client import handle_file
+
+    from photomaker.metadata import read_metadata
+
+    plain, _ = call(client, photos["faces"], steps=3, seed=21)
+    doodled, _ = call(client, photos["faces"], steps=3, seed=21, doodle=handle_file(sketch))
+    again, _ = call(client, photos["faces"], steps=3, seed=21, doodle=handle_file(sketch))
+    assert not np.array_equal(load(plain)[0], load(doodled)[0])
+    assert np.array_equal(load(doodled)[0], load(again)[0])
+    meta = read_metadata(doodled[0]["image"])
+    assert meta["doodle"] is True and meta["doodle_adapter"] == "tiny random weights"
+    assert (meta["adapter_conditioning_scale"], meta["adapter_conditioning_factor"]) == (0.7, 0.8)
+    assert re.search(LIKENESS, doodled[0]["caption"])
+    full, _ = call(
+        client, photos["faces"], steps=3, seed=21, doodle=handle_file(sketch),
+        adapter_conditioning_scale=1.0, adapter_conditioning_factor=1.0,
+    )  # fmt: skip
+    assert not np.array_equal(load(full)[0], load(doodled)[0])
+    assert read_metadata(full[0]["image"])["adapter_conditioning_scale"] == 1
+
+
+def test_a_request_from_before_the_doodle_runs_as_before(uploaded):
+    """Eleven values, as raw clients sent them before the doodle: the same images."""
+    old_event, old = raw_generate(good_payload(uploaded)[:11])
+    new_event, new = raw_generate(good_payload(uploaded))
+    assert (old_event, new_event) == ("complete", "complete"), (old, new)
+    old_image, new_image = (np.asarray(Image.open(g[0][0]["image"]["path"])) for g in (old, new))
+    assert np.array_equal(old_image, new_image)
+
+
+def test_a_doodle_that_is_not_an_image_is_named(client, photos):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"Doodle: fake\.png is not an image") as error:
+        call(client, photos["faces"], doodle=handle_file(photos["fake"]))
+    assert error.value.title == "Please check your input"
+
+
+def _config(url: str) -> dict:
+    import json
+
+    with urllib.request.urlopen(url + "config", timeout=30) as response:
+        return json.load(response)
+
+
+def _visible(config: dict, elem_id: str):
+    (component,) = [c for c in config["components"] if c["props"].get("elem_id") == elem_id]
+    return component["props"].get("visible")
+
+
+def test_the_page_offers_the_doodle_where_the_server_has_it(client):
+    assert _visible(_config(app_url()), "enable-doodle") is True
+    assert _visible(_config(app_url()), "doodle-area") is False  # until enabled
+
+
+SMALL = {"PHOTOMAKER_QUEUE_SIZE": "1", "PHOTOMAKER_DOODLE_ADAPTER": "none"}
+
+
+def test_a_doodle_on_a_server_without_it_is_refused_clearly(photos, sketch):
+    """`--doodle-adapter none`: no doodle on the page, and a doodle sent through the API gets
+    a message that says so; the same request without it works."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url = app_url("small", SMALL)
+    assert _visible(_config(url), "enable-doodle") is False
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="The doodle is off on this server") as error:
+        call(client, photos["faces"], doodle=handle_file(sketch))
+    assert error.value.title == "Please check your input"
+    gallery, _ = call(client, photos["faces"], steps=1)
+    assert len(gallery) == 1 and re.search(LIKENESS, gallery[0]["caption"])
+
+
+# --------------------------------------------------------------------------- a full queue
+
+
+def test_queue_overflow_is_refused_with_a_message(photos):
+    """`--queue-size 1`: one job runs, one waits, a third is refused at once with Gradio's
+    queue-full message; the server then serves the waiting job and a normal request."""
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
+    url = app_url("small", SMALL)
+    running_client, waiting_client, extra_client = (Client(url, verbose=False) for _ in range(3))
+    running = _submit(running_client, photos["faces"], seed=5, steps=100, num_outputs=4)
+    deadline = time.monotonic() + 120
+    while running.status().code not in (Status.PROCESSING, Status.PROGRESS):
+        assert time.monotonic() < deadline, f"the long job never started: {running.status()}"
+        time.sleep(0.1)
+    waiting = _submit(waiting_client, photos["faces"], seed=6, steps=1)
+    deadline = time.monotonic() + 60
+    while waiting.status().code != Status.IN_QUEUE:
+        assert time.monotonic() < deadline, f"the second job is not waiting: {waiting.status()}"
+        assert not running.done(), "the long job ended before the queue was full"
+        time.sleep(0.05)
+    extra = _submit(extra_client, photos["faces"], seed=7, steps=1)
+    with pytest.raises(QueueError, match="(?i)queue is full"):
+        extra.result(timeout=60)
+    assert not running.done(), "the long job ended before the refusal: nothing was shown"
+    running.cancel()
+    gallery, seed = waiting.result(timeout=300)
+    assert seed == 6 and len(gallery) == 1
+    gallery, _ = call(Client(url, verbose=False), photos["faces"], steps=1)  # and the next one
+    assert len(gallery) == 1

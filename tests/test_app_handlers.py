@@ -190,6 +190,39 @@ def test_results_are_pngs_named_by_seed_with_settings(tmp_path, monkeypatch):
     assert Path(download["value"]).name == "photomaker-9.zip"
 
 
+def test_the_page_sends_its_sketch_only_when_the_doodle_is_enabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+
+    def generate(request, cancel):
+        return GenerationResult(
+            images=[Image.new("RGB", (8, 8))], seed=1, prompt="p img", negative_prompt="",
+            style=request.style, width=8, height=8, start_merge_step=0, face_reports=None,
+            messages=[], timings={}, likeness=[0.5],
+        )  # fmt: skip
+
+    service = StandInService(generate)
+    handlers = app.AppHandlers(service, Settings(tiny=True))
+    drawing = Image.new("RGBA", (32, 32))
+    sketch = {"background": None, "layers": [drawing], "composite": drawing}
+    page = [
+        ["a.png"], "a man img", "", "Photographic (Default)", "1:1 square (1024×1024)", 20, 20,
+        1, 5.0, 1, False,
+    ]  # fmt: skip
+    for enabled, expected in ((False, None), (True, drawing)):
+        gallery, _ = asyncio.run(handlers.generate_from_page(*page, enabled, sketch, 0.6, 0.9))
+        request = service.calls[-1][0]
+        assert request.doodle is expected
+        assert (request.adapter_conditioning_scale, request.adapter_conditioning_factor) == (
+            0.6,
+            0.9,
+        )
+        assert gallery[0][1].endswith(" · likeness 0.50")  # the caption carries the likeness
+    assert app.AppHandlers.read_doodle(True, None) is None
+    run_generate(handlers)  # the API's call without the doodle parameters: their defaults
+    request = service.calls[-1][0]
+    assert request.doodle is None and request.adapter_conditioning_scale == 0.7
+
+
 # --------------------------------------------------------------------------- input checks
 
 STEPS = app.Param("steps", "Steps", "integer", 1, 100)
@@ -247,6 +280,22 @@ def test_file_values_must_be_uploads(payload, message):
     app.check_file_payload("Photos", "photos", [{"path": "https://example.com/a.png"}])
 
 
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("abc", "expected an image file or null"),
+        ([{"path": "https://example.com/a.png"}], "expected an image file or null"),
+        ({"url": "data:image/png;base64,AAAA"}, "the value is not a file"),
+        ({"path": "/etc/passwd"}, "it names a file on the server .* handle_file\\('doodle.png'\\)"),
+    ],
+)
+def test_the_doodle_must_be_one_upload_or_none(payload, message):
+    with pytest.raises(PhotoMakerInputError, match=rf"Doodle \(doodle\): {message}"):
+        app.check_file_payload("Doodle", "doodle", payload, multiple=False)
+    app.check_file_payload("Doodle", "doodle", None, multiple=False)
+    app.check_file_payload("Doodle", "doodle", {"path": "https://example.com/a.png"}, False)
+
+
 # --------------------------------------------------------------------------- photo area
 
 
@@ -273,12 +322,33 @@ def test_load_settings_restores_the_form(tmp_path):
     path = save_png(result.images[0], tmp_path / "x.png", build_metadata(result, Settings()))
     handlers = app.AppHandlers(StandInService(), Settings())
     values = handlers.load_settings(str(path))
-    prompt, negative, style, ratio, steps, strength, count, guidance, seed, randomize, adv = values
+    (
+        prompt,
+        negative,
+        style,
+        ratio,
+        steps,
+        strength,
+        count,
+        guidance,
+        seed,
+        randomize,
+        adv,
+        *doodle,
+    ) = values
     assert (prompt, negative, style) == ("a woman img reading", "blurry", "Watercolor")
+    assert doodle == [gr.update(), gr.update()]  # made without a doodle: its sliders stay
     assert ratio == "1:1 square (1024×1024)"
     assert steps["value"] == 4 and steps["minimum"] == 4  # below the UI's 20: range widened
     assert strength["value"] == 80 and strength["maximum"] == 80
     assert guidance["value"] == 7.5 and seed["value"] == 123 and randomize is False
+    result.doodle, result.adapter_conditioning_scale, result.adapter_conditioning_factor = (
+        True, 0.3, 0.9,
+    )  # fmt: skip
+    path = save_png(result.images[0], tmp_path / "d.png", build_metadata(result, Settings()))
+    *_, scale, factor = handlers.load_settings(str(path))
+    assert scale["value"] == 0.3 and scale["minimum"] == 0.3  # below the UI's 0.5: widened
+    assert factor["value"] == 0.9
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(gr.Error, match="no PhotoMaker settings") as error:

@@ -4,17 +4,21 @@
 Covers the photo area (one preview, ✓/✗ badges, per-photo remove, coloured status, Generate
 off with its reason), Enter to generate and Shift+Enter for a new line, results in view and
 whole, the seed controls, downloads and "Load settings from image", examples that fit a phone,
-the error looks, the Stop button, and text contrast (WCAG AA, 4.5:1, from computed colours).
+the error looks, the Stop button, the doodle and the likeness in the captions, and text
+contrast (WCAG AA, 4.5:1, from computed colours).
 
 Set ``PHOTOMAKER_SCREENSHOTS=docs`` to also write the README's screenshots there.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
 import shutil
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -125,6 +129,46 @@ def _shoot(page, name: str, full_page: bool = True) -> None:
         with Image.open(path) as shot:  # a palette PNG: a third of the size, same look
             small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
         small.save(path, optimize=True)
+
+
+def _shoot_region(page, name: str, *selectors: str) -> None:
+    """A screenshot of the smallest box around ``selectors`` (for the README)."""
+    folder = os.environ.get("PHOTOMAKER_SCREENSHOTS")
+    if not folder:
+        return
+    page.wait_for_timeout(1500)
+    boxes = [page.locator(s).bounding_box() for s in selectors]  # in the viewport
+    scroll_x, scroll_y = page.evaluate("() => [window.scrollX, window.scrollY]")
+    boxes = [{**b, "x": b["x"] + scroll_x, "y": b["y"] + scroll_y} for b in boxes]  # the page
+    left, top = min(b["x"] for b in boxes) - 8, min(b["y"] for b in boxes) - 8
+    right = max(b["x"] + b["width"] for b in boxes) + 8
+    bottom = max(b["y"] + b["height"] for b in boxes) + 8
+    path = Path(folder) / name
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    page.screenshot(
+        path=str(path),
+        full_page=True,
+        clip={"x": max(left, 0), "y": max(top, 0), "width": right - left, "height": bottom - top},
+    )
+    with Image.open(path) as shot:
+        small = shot.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
+def draw(page, selector: str, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw ``strokes`` (points as fractions of the drawing surface) on a Sketchpad."""
+    page.locator(selector).scroll_into_view_if_needed()
+    canvas = page.locator(f"{selector} canvas").first
+    box = canvas.bounding_box()
+    side = min(box["width"], box["height"])  # the square canvas, centred
+    x0, y0 = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
+    for stroke in strokes:
+        (x, y), *rest = stroke
+        page.mouse.move(x0 + x * side, y0 + y * side)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(x0 + x * side, y0 + y * side, steps=6)
+        page.mouse.up()
 
 
 def in_view(page, selector: str) -> bool:
@@ -344,6 +388,54 @@ def test_stop_button_cancels_and_next_job_runs(page, files):
     page.locator("#generate").click()
     expect(page.locator("#gallery .gallery-item img")).to_have_count(2)
     expect(page.locator("#seed-used input")).to_have_value(re.compile(r"^\d+$"))
+
+
+FIGURE = [  # a head, shoulders and a body: a rough portrait layout
+    [(0.5 + 0.16 * math.cos(t / 24 * 2 * math.pi), 0.3 + 0.19 * math.sin(t / 24 * 2 * math.pi))
+     for t in range(25)],
+    [(0.5, 0.49), (0.5, 0.95)],
+    [(0.12, 0.75), (0.3, 0.6), (0.5, 0.56), (0.7, 0.6), (0.88, 0.75)],
+]  # fmt: skip
+
+
+def test_the_doodle_steers_the_picture_and_the_captions_give_the_likeness(page, files):
+    """Enable doodle: the Sketchpad (brush picked) and its two sliders appear; what is drawn
+    reaches the pictures (their PNGs say a doodle was used), and every caption ends in the
+    likeness (in tiny mode the noise has no face: "no face found")."""
+    from playwright.sync_api import expect
+
+    from photomaker.metadata import read_metadata
+
+    expect(page.locator("#doodle-area")).to_be_hidden()
+    upload(page, files["photos"][:2])
+    expect(page.locator("#generate")).to_be_enabled()
+    page.locator("#enable-doodle input").check()
+    expect(page.locator("#doodle-pad")).to_be_visible()
+    expect(page.locator("#doodle-strength input[type=number]")).to_have_value("0.7")
+    expect(page.locator("#doodle-factor input[type=number]")).to_have_value("0.8")
+    expect(page.locator("#doodle-pad")).not_to_contain_text("Pick the brush")  # picked already
+    draw(page, "#doodle-pad", FIGURE)
+    page.locator("#prompt textarea").fill(PROMPT)
+    _shoot_region(page, "app-doodle.png", "#enable-doodle", "#doodle-area")
+    page.locator("#generate").click()
+    images = page.locator("#gallery .gallery-item img")
+    expect(images).to_have_count(2)
+    captions = [c.inner_text() for c in page.locator("#gallery .caption-label").all()]
+    assert all(re.search(r" · (likeness -?\d\.\d\d|no face found)$", c) for c in captions)
+    _shoot_region(page, "app-likeness.png", "#gallery")
+    src = images.first.get_attribute("src")
+    with urllib.request.urlopen(src, timeout=30) as response:
+        meta = read_metadata(Image.open(io.BytesIO(response.read())))
+    assert meta["doodle"] is True and meta["adapter_conditioning_scale"] == 0.7
+    assert meta["likeness_text"] == captions[0].rsplit(" · ", 1)[1]
+
+    page.locator("#enable-doodle input").uncheck()  # off again: the drawing is not sent
+    expect(page.locator("#doodle-area")).to_be_hidden()
+    page.locator("#generate").click()
+    expect(page.locator("#gallery .gallery-item img").first).not_to_have_attribute("src", src)
+    src = page.locator("#gallery .gallery-item img").first.get_attribute("src")
+    with urllib.request.urlopen(src, timeout=30) as response:
+        assert read_metadata(Image.open(io.BytesIO(response.read())))["doodle"] is False
 
 
 CONTRAST_JS = """

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -41,7 +43,9 @@ def test_generate_writes_pngs_in_tiny_mode(photos, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0] == "seed: 42"
-    written = [Path(line) for line in lines[1:]]
+    written = [Path(line.split("\t")[0]) for line in lines[1:]]
+    likeness = [line.split("\t")[1] for line in lines[1:]]  # path <tab> likeness, per image
+    assert all(re.fullmatch(r"likeness -?\d\.\d\d|no face found", text) for text in likeness)
     assert len(written) == 2 and all(p.is_file() and p.parent == out for p in written)
     assert Image.open(written[0]).size == (48, 64)  # the default 3:4 preset, tiny
     assert "noise" in proc.stderr
@@ -50,6 +54,54 @@ def test_generate_writes_pngs_in_tiny_mode(photos, tmp_path):
     assert meta["prompt"] == "a photo of a man img in the snow"
     assert meta["style"] == "Comic book" and meta["aspect_ratio"] == "3:4 portrait (896×1152)"
     assert meta["tiny"] is True and meta["sampler"] == "Euler"
+    assert meta["likeness_text"] == likeness[1]
+
+
+def _run(capsys, argv) -> list[tuple[Path, str]]:
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    return [(Path(path), likeness) for path, likeness in (line.split("\t") for line in lines)]
+
+
+def test_a_control_image_with_a_controlnet_changes_the_pictures(photos, tmp_path, capsys):
+    from PIL import ImageDraw
+
+    control = Image.new("RGB", (128, 128), "black")
+    ImageDraw.Draw(control).ellipse((30, 10, 98, 90), outline="white", width=6)  # canny-like
+    control.save(tmp_path / "edges.png")
+    common = [
+        "generate", "--tiny", "--controlnet", "tiny", "--photos", *photos,
+        "--prompt", "a photo of a man img", "--steps", "3", "--seed", "5",
+    ]  # fmt: skip
+    ((plain, _),) = _run(capsys, [*common, "--out", str(tmp_path / "plain")])
+    ((steered, likeness),) = _run(
+        capsys,
+        [*common, "--out", str(tmp_path / "c"), "--control-image", str(tmp_path / "edges.png")],
+    )
+    (half, _), = _run(
+        capsys,
+        [*common, "--out", str(tmp_path / "h"), "--control-image", str(tmp_path / "edges.png"),
+         "--controlnet-scale", "0.5"],
+    )  # fmt: skip
+    pixels = [np.asarray(Image.open(p)) for p in (plain, steered, half)]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+    meta = read_metadata(steered)
+    assert meta["control_image"] is True and meta["controlnet"] == "tiny random weights"
+    assert meta["controlnet_conditioning_scale"] == 1 and meta["likeness_text"] == likeness
+    assert read_metadata(half)["controlnet_conditioning_scale"] == 0.5
+    assert read_metadata(plain)["control_image"] is False
+
+
+def test_a_control_image_needs_a_controlnet(photos, tmp_path, capsys):
+    argv = ["generate", "--tiny", "--photos", photos[0], "--prompt", "a man img",
+            "--control-image", photos[1], "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "error: --control-image needs a ControlNet to read it: add --controlnet" in err
+    missing = [*argv, "--controlnet", "tiny", "--control-image", str(tmp_path / "nope.png")]
+    assert main(missing) == EXIT_USER_ERROR
+    assert "error: Control image: nope.png was not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
 
 
 @pytest.mark.parametrize(

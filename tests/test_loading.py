@@ -126,3 +126,62 @@ def test_compile_wraps_the_unet_in_place(monkeypatch):
 def test_tiny_mode_fuses_the_photomaker_lora():
     pipe = build_pipeline(Settings(tiny=True))
     assert pipe.num_fused_loras == 1
+
+
+# --------------------------------------------------------------------------- the doodle adapter
+
+OFFLINE_START = r"""
+import logging, sys
+from diffusers import StableDiffusionXLPipeline
+from photomaker.errors import PhotoMakerInputError
+from photomaker.loading import build_pipeline
+from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
+from photomaker.settings import DEFAULT_DOODLE_ADAPTER, Settings
+from photomaker.tiny import TINY_ENCODER_CONFIG, build_tiny_components, write_tiny_checkpoint
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+folder = sys.argv[1]
+components = build_tiny_components(0)
+StableDiffusionXLPipeline(**components).save_pretrained(folder + "/base")
+checkpoint = write_tiny_checkpoint(folder + "/pm/tiny-v2.bin", "v2", unet=components["unet"])
+original = PhotoMakerStableDiffusionXLPipeline.load_photomaker_adapter
+PhotoMakerStableDiffusionXLPipeline.load_photomaker_adapter = (
+    lambda self, location, **kw: original(self, location, id_encoder_config=TINY_ENCODER_CONFIG, **kw)
+)
+settings = Settings(base_model=folder + "/base", checkpoint=str(checkpoint), device="cpu")
+assert settings.doodle_adapter is None and not settings.doodle_adapter_required
+pipe = build_pipeline(settings)  # the default adapter is neither cached nor downloadable
+print("STARTED", type(pipe).__name__, getattr(pipe, "adapter", None))
+try:
+    build_pipeline(settings.replace(doodle_adapter=DEFAULT_DOODLE_ADAPTER))
+except PhotoMakerInputError as error:
+    print("REFUSED", error)
+"""
+
+
+def test_an_unreachable_default_doodle_adapter_turns_the_doodle_off(tmp_path):
+    """Offline with an empty Hugging Face cache: the default sketch adapter cannot be had, so
+    the pipeline is built without it (the app starts, the doodle is off, a warning says why);
+    the same adapter named explicitly must load, and its failure stops the start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HUGGINGFACE_HUB_CACHE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", OFFLINE_START, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "STARTED PhotoMakerStableDiffusionXLPipeline None" in out, out
+    assert "WARNING the doodle is off: the default doodle adapter" in out
+    assert "TencentARC/t2i-adapter-sketch-sdxl-1.0" in out
+    assert "REFUSED Could not load the doodle adapter" in out, out

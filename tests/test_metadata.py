@@ -150,3 +150,35 @@ def test_another_tools_parameters_are_not_taken_for_ours(tmp_path):
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     with pytest.raises(PhotoMakerInputError, match="another tool"):
         read_metadata(path)
+
+
+def test_likeness_and_structure_control_are_recorded(tmp_path):
+    made = result(
+        likeness=[0.61834, None], doodle=True, adapter_conditioning_scale=0.7,
+        adapter_conditioning_factor=0.8,
+    )  # fmt: skip
+    first, second = (build_metadata(made, Settings(), index=i) for i in (0, 1))
+    assert (first["likeness"], first["likeness_text"]) == (0.6183, "likeness 0.62")
+    assert (second["likeness"], second["likeness_text"]) == (None, "no face found")
+    assert first["doodle"] is True and first["doodle_adapter"] == Settings().doodle_adapter_location
+    assert (first["adapter_conditioning_scale"], first["adapter_conditioning_factor"]) == (0.7, 0.8)
+    assert first["control_image"] is False and first["controlnet"] is None
+    fields = parameters_text(first).splitlines()[-1]
+    assert "Likeness: 0.62" in fields and "Doodle strength: 0.7" in fields
+    assert "Doodle steps share: 0.8" in fields and "ControlNet" not in fields
+    assert "Likeness: no face found" in parameters_text(second)
+    unscored = build_metadata(result(), Settings(tiny=True))
+    assert unscored["likeness"] is None and unscored["likeness_text"] == "likeness n/a"
+    assert unscored["doodle"] is False and unscored["doodle_adapter"] is None
+    assert "Likeness: n/a" in parameters_text(unscored) and "Doodle" not in parameters_text(
+        unscored
+    )
+    controlled = build_metadata(
+        result(control_image=True, controlnet_conditioning_scale=0.5),
+        Settings(controlnet="diffusers/controlnet-canny-sdxl-1.0"),
+    )
+    assert controlled["controlnet"] == "diffusers/controlnet-canny-sdxl-1.0"
+    fields = parameters_text(controlled).splitlines()[-1]
+    assert "ControlNet: diffusers/controlnet-canny-sdxl-1.0, ControlNet scale: 0.5" in fields
+    path = save_results(made, Settings(), tmp_path)[0]
+    assert read_metadata(path)["likeness"] == 0.6183

@@ -263,3 +263,13 @@ def test_doodle_image_reads_dark_lines_on_paper_and_says_when_blank():
     assert out[16].min() == 255 and out[0].max() == 0
     # A Sketchpad composite with an opaque white background reads the same way.
     np.testing.assert_array_equal(np.asarray(doodle_image(paper.convert("RGBA"), 32, 32)), out)
+
+
+def test_doodle_image_reads_light_lines_on_dark_paper_as_the_adapter_does():
+    paper = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(paper).rectangle((8, 8, 40, 30), outline="black", width=3)
+    ImageDraw.Draw(paper).rectangle((0, 50, 63, 63), fill="black")  # a filled band at the edge
+    dark_on_light = np.asarray(doodle_image(paper, 32, 32))
+    inverted = Image.fromarray(255 - np.asarray(paper))  # white strokes on black
+    np.testing.assert_array_equal(np.asarray(doodle_image(inverted, 32, 32)), dark_on_light)
+    assert doodle_image(Image.new("RGB", (64, 64), "black"), 32, 32) is None

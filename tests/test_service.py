@@ -77,10 +77,13 @@ def test_generate_v2(service):
     assert result.seed == 7
     assert result.prompt.startswith("watercolor painting, " + PROMPT)
     assert "photorealistic" in result.negative_prompt
-    assert result.captions == ["seed 7 · Watercolor · 1/2", "seed 7 · Watercolor · 2/2"]
+    assert result.captions == [
+        f"seed 7 · Watercolor · {i}/2 · {result.likeness_text(i - 1)}" for i in (1, 2)
+    ]
+    assert len(result.likeness) == 2  # scored with the tiny face pack (see test_service_extras)
     assert [r.found for r in result.face_reports] == [True, True]
     assert result.start_merge_step == merge_step(20, 2) == 0
-    assert {"load", "faces", "encode", "denoise", "total"} <= set(result.timings)
+    assert {"load", "faces", "encode", "denoise", "likeness", "total"} <= set(result.timings)
 
 
 def test_same_seed_same_images_and_the_cache_changes_nothing(service):

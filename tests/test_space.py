@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from photomaker.settings import DEFAULT_BASE_MODEL, OFFICIAL_CHECKPOINTS
+from photomaker.settings import DEFAULT_BASE_MODEL, DEFAULT_DOODLE_ADAPTER, OFFICIAL_CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parent.parent
 #: torch versions ZeroGPU lists as supported (huggingface/hub-docs, docs/hub/spaces-zerogpu.md);
@@ -80,3 +80,4 @@ def test_default_weights_are_preloaded():
     assert DEFAULT_BASE_MODEL in repos
     repo, weight = OFFICIAL_CHECKPOINTS["v2"]  # the default version
     assert repo in repos and weight in repos[repo][0].split(",")
+    assert repos.get(DEFAULT_DOODLE_ADAPTER) == []  # the doodle's adapter, the whole repo
