@@ -47,10 +47,12 @@ from photomaker.service import (
     DEFAULT_ASPECT_RATIO,
     DEFAULT_NEGATIVE_PROMPT,
     LIMITS,
+    MAX_PROMPT_CHARS,
     MAX_SEED,
     GenerationJob,
     GenerationRequest,
     PhotoMakerService,
+    short_repr,
 )
 from photomaker.settings import Settings, build_parser, on_zerogpu
 from photomaker.styles import DEFAULT_STYLE
@@ -71,7 +73,6 @@ UI_LIMITS = {
     "adapter_conditioning_scale": (0.5, 1.0),
     "adapter_conditioning_factor": (0.5, 1.0),
 }
-MAX_PROMPT_CHARS = 2000
 #: The doodle's two numbers when a request does not give them.
 DOODLE_SCALE = GenerationRequest.adapter_conditioning_scale
 DOODLE_FACTOR = GenerationRequest.adapter_conditioning_factor
@@ -102,11 +103,6 @@ class Param:
         return PhotoMakerInputError(f"{self.label} ({self.name}): {problem}")
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def check_value(param: Param, value: Any) -> Any:
     """The value if it is one ``param`` takes, else :class:`PhotoMakerInputError` naming it.
 
@@ -119,7 +115,7 @@ def check_value(param: Param, value: Any) -> Any:
         what = "a whole number" if param.kind == "integer" else "a number"
         span = f"{what} from {param.low:g} to {param.high:g}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise param.fail(f"expected {span}, got {_shown(value)}.")
+            raise param.fail(f"expected {span}, got {short_repr(value, 60)}.")
         if not math.isfinite(value):
             raise param.fail(f"expected {span}, got {value}.")
         if param.kind == "integer" and not float(value).is_integer():
@@ -129,17 +125,17 @@ def check_value(param: Param, value: Any) -> Any:
         return int(value) if param.kind == "integer" else float(value)
     if param.kind == "bool":
         if not isinstance(value, bool):
-            raise param.fail(f"expected true or false, got {_shown(value)}.")
+            raise param.fail(f"expected true or false, got {short_repr(value, 60)}.")
         return value
     if param.kind == "choice":
         if not isinstance(value, str) or value not in param.choices:
             raise param.fail(
-                f"unknown value {_shown(value)}. Choose one of: {', '.join(param.choices)}."
+                f"unknown value {short_repr(value, 60)}. Choose one of: {', '.join(param.choices)}."
             )
         return value
     if param.kind == "text":
         if not isinstance(value, str):
-            raise param.fail(f"expected text, got {_shown(value)}.")
+            raise param.fail(f"expected text, got {short_repr(value, 60)}.")
         if len(value) > MAX_PROMPT_CHARS:
             raise param.fail(
                 f"{len(value)} characters is too long; keep it under {MAX_PROMPT_CHARS} "
@@ -199,12 +195,12 @@ def check_file_payload(label: str, name: str, payload: Any, multiple: bool = Tru
     if not multiple:
         if not isinstance(payload, dict):
             raise PhotoMakerInputError(
-                f"{label} ({name}): expected an image file or null, got {_shown(payload)}; {how}."
+                f"{label} ({name}): expected an image file or null, got {short_repr(payload, 60)}; {how}."
             )
         payload = [payload]
     elif not isinstance(payload, list):
         raise PhotoMakerInputError(
-            f"{label} ({name}): expected a list of image files, got {_shown(payload)}; {how}."
+            f"{label} ({name}): expected a list of image files, got {short_repr(payload, 60)}; {how}."
         )
     from gradio.utils import abspath, get_upload_folder, is_in_or_equal
 
@@ -215,14 +211,14 @@ def check_file_payload(label: str, name: str, payload: Any, multiple: bool = Tru
         if not isinstance(path, str) or not path:
             thing = f"item {number}" if multiple else "the value"
             raise PhotoMakerInputError(
-                f"{label} ({name}): {thing} is not a file, got {_shown(item)}; {how}."
+                f"{label} ({name}): {thing} is not a file, got {short_repr(item, 60)}; {how}."
             )
         if re.match(r"(?i)https?://", path):
             continue
         if not is_in_or_equal(abspath(path), uploads):
             raise PhotoMakerInputError(
                 f"{label} ({name}): {which} names a file on the server "
-                f"({_shown(path, 40)}), which is never read. Send the {what} itself: {how}, "
+                f"({short_repr(path, 40)}), which is never read. Send the {what} itself: {how}, "
                 "or an http(s) URL."
             )
 

@@ -300,7 +300,7 @@ def _no_face_message(missing: list[Any], total: int, pm_version: str) -> str:
     )
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def short_repr(value: Any, limit: int = 40) -> str:
     """``repr(value)`` cut to ``limit`` characters: messages and logs never echo a megabyte."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -347,15 +347,15 @@ def _number(name: str, value: Any, integer: bool) -> float | int:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         raise PhotoMakerInputError(
-            f"{label} must be a number between {low} and {high} (got {_short(value)})."
+            f"{label} must be a number between {low} and {high} (got {short_repr(value)})."
         ) from None
     if not math.isfinite(number) or not low <= number <= high:
         raise PhotoMakerInputError(
-            f"{label} must be between {low} and {high} (got {_short(value)})."
+            f"{label} must be between {low} and {high} (got {short_repr(value)})."
         )
     if integer:
         if number != int(number):
-            raise PhotoMakerInputError(f"{label} must be a whole number (got {_short(value)}).")
+            raise PhotoMakerInputError(f"{label} must be a whole number (got {short_repr(value)}).")
         return int(number)
     return number
 
@@ -397,7 +397,7 @@ def check_request(
     style = request.style or None
     if style is not None and (not isinstance(style, str) or len(style) > 200):
         raise PhotoMakerInputError(
-            f"Unknown style {_short(style)}. Choose one of: {', '.join(styles.names)}."
+            f"Unknown style {short_repr(style)}. Choose one of: {', '.join(styles.names)}."
         )
     if style is not None and style not in styles:
         styles[style]  # raises the message listing the styles
@@ -412,7 +412,7 @@ def size_for(aspect_ratio: str, tiny: bool = False) -> tuple[int, int]:
     """(width, height) of a preset; scaled down for the tiny models."""
     if not isinstance(aspect_ratio, str) or aspect_ratio not in ASPECT_RATIOS:
         raise PhotoMakerInputError(
-            f"Unknown aspect ratio {_short(aspect_ratio)}. Choose one of: "
+            f"Unknown aspect ratio {short_repr(aspect_ratio)}. Choose one of: "
             f"{', '.join(ASPECT_RATIOS)}."
         )
     width, height = ASPECT_RATIOS[aspect_ratio]
