@@ -29,7 +29,6 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> Path:
     """The package built the way pip builds a release (sdist, then a wheel from it) and
     installed into a folder of its own."""
-    pytest.importorskip("setuptools")
     tmp = tmp_path_factory.mktemp("packaging")
     checkout = tmp / "checkout"
     checkout.mkdir()

@@ -501,8 +501,11 @@ def test_only_the_head_of_a_long_prompt_is_logged(service, caplog):
     assert len(prompt) < MAX_PROMPT_CHARS
     with caplog.at_level(logging.DEBUG, "photomaker"):
         service.generate(request(prompt=prompt))
-    assert any("a photo of a man img" in r.getMessage() for r in caplog.records)
-    assert max(len(r.getMessage()) for r in caplog.records) < 600
+    # Only the project's own records: a library's warning (diffusers quotes the whole
+    # truncated prompt, for one) is that library's business and changes with its releases.
+    ours = [r for r in caplog.records if r.name == "photomaker" or r.name.startswith("photomaker.")]
+    assert any("a photo of a man img" in r.getMessage() for r in ours)
+    assert max(len(r.getMessage()) for r in ours) < 600
     assert log_head("x" * 500, 100).endswith("… (+400 characters)")
 
 
