@@ -81,3 +81,15 @@ def test_no_gradio_instance_is_patched():
     """The app assigns nothing into Gradio classes or instances."""
     sources = "\n".join(p.read_text() for p in (ROOT / "photomaker" / "web").glob("*.py"))
     assert not re.search(r"\.(preprocess|api_info|example_payload|preprocess_data)\s*=", sources)
+
+
+def test_the_gpu_lock_is_per_pipeline():
+    from types import SimpleNamespace
+
+    from photomaker.service import gpu_lock
+
+    first, second = SimpleNamespace(), SimpleNamespace()
+    assert gpu_lock(first) is gpu_lock(first)
+    with gpu_lock(first):  # one pipeline busy: another one's jobs still run
+        assert gpu_lock(second).acquire(timeout=1)
+        gpu_lock(second).release()
