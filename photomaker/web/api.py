@@ -39,10 +39,20 @@ class ApiValue(gr.components.Component):
 
     EVENTS: list = []
 
-    def __init__(self, value: Any = None, *, label: str, schema: dict, example: Any = None):
+    def __init__(
+        self,
+        value: Any = None,
+        *,
+        label: str,
+        schema: dict,
+        example: Any = None,
+        visible: bool = False,
+    ):
+        # `visible` is a parameter here so that Gradio puts it in the page's config (it
+        # sends the attributes named in __init__'s signature).
         self._schema = schema
         self._example = example
-        super().__init__(value=value, label=label, visible=False)
+        super().__init__(value=value, label=label, visible=visible)
 
     def preprocess(self, payload: Any) -> Any:
         return payload
