@@ -17,12 +17,12 @@ from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMa
 from photomaker.loading import build_analyzer, build_pipeline, build_service
 from photomaker.service import (
     ASPECT_RATIOS,
-    GPU_LOCK,
     MAX_NEGATIVE_PROMPT_CHARS,
     MAX_PROMPT_CHARS,
     GenerationRequest,
     PhotoMakerService,
     free_memory,
+    gpu_lock,
     log_head,
     merge_step,
     size_for,
@@ -347,7 +347,7 @@ def test_a_job_cancelled_before_it_runs_never_enters_the_pipeline(service):
 def test_a_job_cancelled_while_waiting_for_the_gpu_leaves_the_queue(service):
     job, _ = service.prepare(request())
     cancel = threading.Event()
-    with GPU_LOCK:  # another job holds the GPU
+    with gpu_lock(service.pipe):  # another job holds this pipeline
         waiting = _Job("waiting", lambda: service.run_job(job, cancel=cancel))
         waiting.start()
         cancel.set()
@@ -405,7 +405,7 @@ def test_out_of_memory_is_a_clear_message_and_the_next_request_is_served(
     service, monkeypatch, stage, oom
 ):
     freed = []
-    monkeypatch.setattr("photomaker.service.free_memory", lambda: freed.append(True))
+    monkeypatch.setattr("photomaker.service.runtime.free_memory", lambda: freed.append(True))
     with monkeypatch.context() as patch:
         _fail_in(patch, service, stage, oom)
         with pytest.raises(PhotoMakerServerError) as err:
