@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.venv is None:
             shutil.rmtree(workdir, ignore_errors=True)
     changed = [n for n in PINNED if (ROOT / n).read_text(encoding="utf-8") != backup.get(n)]
-    log.info("pins kept; changed: %s", ", ".join(changed) or "nothing")
+    verdict = "written, not tested (--no-test)" if args.no_test else "kept: the suite passed"
+    log.info("pins %s; changed: %s", verdict, ", ".join(changed) or "nothing")
     return 0
 
 
