@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import spaces
+import spaces  # noqa: F401 (first, before torch: on ZeroGPU it patches torch at import)
 
-from photomaker import metadata
+from photomaker import metadata, zerogpu
 from photomaker.errors import (
     GenerationCancelled,
     PhotoMakerError,
@@ -49,7 +49,6 @@ from photomaker.service import (
     LIMITS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
-    GenerationJob,
     GenerationRequest,
     PhotoMakerService,
     short_repr,
@@ -350,25 +349,10 @@ def server_error(err: BaseException) -> gr.Error:
 
 
 def gpu_runner(service: PhotoMakerService) -> Callable[..., Any] | None:
-    """``run_job(job, cancel=None)`` for the service on ZeroGPU: inside ``spaces.GPU``, with
-    a duration estimated from the job. Elsewhere None: the service's own (``spaces.GPU``
-    would do nothing there anyway)."""
-    if not on_zerogpu():
-        return None
-
-    def gpu_seconds(job: GenerationJob) -> int:
-        return service.estimate_seconds(job)
-
-    @spaces.GPU(duration=gpu_seconds)
-    def run_on_gpu(job: GenerationJob):
-        return service.run_job(job)
-
-    def run_job(job: GenerationJob, cancel: threading.Event | None = None):
-        # The job crosses to ZeroGPU's worker process by pickling, and an Event does not
-        # pickle: there a cancelled job runs to its end (its user no longer waits for it).
-        return run_on_gpu(job)
-
-    return run_job
+    """``run_job(job, cancel=None)`` for the service on ZeroGPU (``spaces.GPU``, size, duration,
+    Stop, refusals and errors across the worker: :mod:`photomaker.zerogpu`); elsewhere None,
+    and the service runs the job itself."""
+    return zerogpu.gpu_runner(service)
 
 
 # --------------------------------------------------------------------------- handlers
