@@ -32,6 +32,7 @@ Off ZeroGPU :func:`gpu_runner` returns None and the service runs the job in-proc
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import queue
@@ -217,7 +218,9 @@ def gpu_stream(run_job: Callable[..., Any], job: Any) -> Iterator[tuple[str, Any
                 )
             )
 
-    thread = threading.Thread(target=work, name="photomaker-gpu", daemon=True)
+    # In the caller's context: Gradio's progress tracking (the denoising bar) lives in it.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(work,), name="photomaker-gpu", daemon=True)
     thread.start()
     try:
         yield ("running", None)  # at once: a Stop during the start is seen at the first step

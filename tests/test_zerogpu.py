@@ -292,7 +292,12 @@ def test_stop_reaches_the_worker_and_releases_the_gpu_within_seconds(space, clie
     try:
         releases = len(space.api.named("/release"))
         job = submit(client, photos[:1], steps=40)
-        wait_for(lambda: len(re.findall("slow step", space.text())) >= 2, 60, "denoising")
+
+        def denoising() -> bool:  # the worker's step progress, as the visitor sees it
+            progress = job.status().progress_data or []
+            return any(p.length == 40 and (p.index or 0) >= 2 for p in progress)
+
+        wait_for(denoising, 60, "step progress from the worker")
         stopped_at = time.monotonic()
         assert job.cancel()
         wait_for(lambda: len(space.api.named("/release")) > releases, 10, "the release")
