@@ -228,8 +228,17 @@ def gpu_stream(run_job: Callable[..., Any], job: Any) -> Iterator[tuple[str, Any
             try:
                 kind, value = outcome.get(timeout=HEARTBEAT_S)
             except queue.Empty:
-                yield ("running", None)
-                continue
+                if thread.is_alive() or not outcome.empty():
+                    yield ("running", None)
+                    continue
+                kind, value = (
+                    "error",
+                    PhotoMakerServerError(  # it died without a word
+                        "The generation stopped on the GPU without a result. Please try again.",
+                        secrets.token_hex(4),
+                    ),
+                )
+                logger.error("the GPU thread ended without a result [error %s]", value.error_id)
             if isinstance(value, PhotoMakerError):
                 value.__traceback__ = None  # what crosses is the message and the id
                 value.__cause__ = value.__context__ = None

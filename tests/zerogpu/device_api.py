@@ -41,8 +41,12 @@ class DeviceAPI:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 with api._lock:
-                    api.calls.append(Call(url.path, query, {k.lower(): v for k, v in self.headers.items()}))
-                    refusal = api.refusals.pop(0) if url.path == "/schedule" and api.refusals else None
+                    api.calls.append(
+                        Call(url.path, query, {k.lower(): v for k, v in self.headers.items()})
+                    )
+                    refusal = (
+                        api.refusals.pop(0) if url.path == "/schedule" and api.refusals else None
+                    )
                 if url.path == "/schedule":
                     if refusal == "quota":
                         self._json(429, {"left": 7, "wait": 600})
