@@ -279,8 +279,11 @@ class ZeroGPURunner:
                 raise
             raise from_spaces_error(err) from None
         if outcome is None:
+            error_id = secrets.token_hex(4)
+            logger.error("the GPU worker ended without a result [error %s]", error_id)
             raise PhotoMakerServerError(
-                "The GPU worker ended without a result. Please try again.", secrets.token_hex(4)
+                f"The GPU worker ended without a result (error {error_id}). Please try again.",
+                error_id,
             )
         kind, value = outcome
         if kind == "error":

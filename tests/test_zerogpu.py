@@ -199,6 +199,7 @@ def test_a_call_packs_weights_schedules_with_the_token_and_moves_them_into_the_w
     text = space.text()
     packed = re.findall(r"ZeroGPU tensors packing: 100%.*?/(\d+(?:\.\d+)?)M", text)
     assert packed and float(packed[0]) > 1, "spaces did not pack the weights at launch"
+    assert text.index("ZeroGPU tensors packing") < text.index("Running on local URL")
     moved = re.findall(r"moved (\d+) bytes from 1 pack file\(s\) into worker", text)
     assert len(moved) == 1 and int(moved[0]) / 1e6 == pytest.approx(float(packed[0]), rel=0.05)
     assert space.api.named("/startup-report")
@@ -302,7 +303,8 @@ def test_stop_reaches_the_worker_and_releases_the_gpu_within_seconds(space, clie
         assert job.cancel()
         wait_for(lambda: len(space.api.named("/release")) > releases, 10, "the release")
         release = space.api.named("/release")[-1]
-        assert release.at - stopped_at < 3.0, "the allocation was held after Stop"
+        held = release.at - stopped_at  # about 1 s here: a step, the decode, the hand-back
+        assert held < 5.0, f"the allocation was held {held:.1f}s after Stop"
         assert release.query["fail"] == "false"
     finally:
         space.set_faults()
