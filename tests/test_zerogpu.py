@@ -355,6 +355,15 @@ def test_the_duration_covers_a_slow_job_and_is_short_for_small_ones():
     assert slow <= zerogpu.MAX_S
 
 
+def test_the_size_is_large_which_holds_the_peak_at_half_the_quota():
+    """Half a card holds the peak with room (17.0 GB at four 1024² images,
+    bench/results-gpu.md); the whole card would cost twice the quota for nothing."""
+    sizes = json.loads((ROOT / "tests" / "data" / "zerogpu.json").read_text())["sizes"]
+    assert zerogpu.GPU_SIZE == "large"
+    assert sizes["large"]["gpu_memory_gb"] >= 2 * 17.0
+    assert sizes["xlarge"]["quota_factor"] > sizes["large"]["quota_factor"]
+
+
 def test_the_duration_given_to_spaces_allows_for_its_duration_factor(monkeypatch):
     job = type("Job", (), dict(width=1024, height=1024, steps=50, num_outputs=1,
                                guidance_scale=5.0, id_pixel_values=None,
