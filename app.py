@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+import spaces  # noqa: F401  (first, before torch: on ZeroGPU it patches torch at import)
+
 from photomaker.web import demo_from_env, main
 
 

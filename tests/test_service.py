@@ -181,7 +181,7 @@ def test_estimate_seconds_grows_with_the_work(service):
     job, _ = service.prepare(request(steps=20, num_outputs=1))
     small = service.estimate_seconds(job)
     job.steps, job.num_outputs, job.width, job.height = 50, 4, 1024, 1024
-    assert 20 <= small < service.estimate_seconds(job) <= 240
+    assert 1 <= small < 30 < service.estimate_seconds(job) <= 300
 
 
 def test_v1_needs_no_face_analyzer_and_crop_mode_uses_it():

@@ -373,10 +373,11 @@ class PhotoMakerService:
         return JobOutput(list(output.images), embeds, {"encode": t1 - t0, "denoise": t2 - t1})
 
     def estimate_seconds(self, job: GenerationJob) -> int:
-        """A generous GPU time estimate for ZeroGPU's ``duration``: steps x outputs x pixels."""
-        megapixels = job.width * job.height / (1024 * 1024)
-        seconds = 10 + 0.2 * job.steps * job.num_outputs * megapixels
-        return int(min(max(seconds, 20), 240))
+        """ZeroGPU's ``duration`` for this job, from its FLOPs: see
+        :func:`photomaker.zerogpu.gpu_duration`."""
+        from .zerogpu import gpu_duration
+
+        return gpu_duration(job)
 
     # -- after the GPU part ---------------------------------------------------------------
 
@@ -428,8 +429,9 @@ class PhotoMakerService:
         queue at once; a running one stops at the end of its current denoising step (diffusers'
         interrupt; the partial latents are still decoded once) and frees the GPU for the next
         job. Either way ``generate`` raises :class:`GenerationCancelled` and returns no
-        images; no other job is touched. On ZeroGPU the job runs in another process, which an
-        Event cannot reach: pass ``cancel=None`` there and let ZeroGPU end the call.
+        images; no other job is touched. On ZeroGPU the job runs in spaces' worker process;
+        the app's runner (:mod:`photomaker.zerogpu`) carries the cancel there by closing the
+        GPU function's stream.
 
         After the GPU part, on the CPU and outside ``run_job`` (so outside ZeroGPU's
         allocation), each image's ID likeness is scored (:meth:`score_likeness`):

@@ -13,26 +13,19 @@ import contextlib
 import gc
 import logging
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from ..errors import GenerationCancelled, PhotoMakerError, PhotoMakerServerError
+from ..errors import GenerationCancelled, PhotoMakerError, PhotoMakerServerError, new_error_id
 
 logger = logging.getLogger(__name__)
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _PLAIN_LOCKS: dict[int, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
-
-
-def new_error_id() -> str:
-    """The id of one server error: 8 hex digits, shown to the user and logged beside the
-    traceback (the one helper the service and the app share)."""
-    return uuid.uuid4().hex[:8]
 
 
 def gpu_lock(pipe: Any) -> threading.Lock:

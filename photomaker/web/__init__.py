@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 import gradio as gr
+import spaces  # noqa: F401  (before torch: on ZeroGPU it patches torch at import)
 
 from ..errors import PhotoMakerInputError
 from ..settings import Settings, build_parser, on_zerogpu

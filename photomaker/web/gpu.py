@@ -1,23 +1,20 @@
 """The app's GPU runner and error mapping: how a job reaches ZeroGPU, and how what fails
 reaches the page (``gr.Error`` with a title and, for the server's faults, an error id).
 
-Kept together and small on purpose: the ZeroGPU runtime (issue 15) replaces this module's
-``gpu_runner`` and error mapping as one piece.
+The ZeroGPU runtime itself (the worker, Stop, refusals) is :mod:`photomaker.zerogpu`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-import spaces
 
-from ..errors import PhotoMakerInputError, PhotoMakerServerError
-from ..service import GenerationJob, PhotoMakerService, new_error_id
-from ..settings import on_zerogpu
+from .. import zerogpu
+from ..errors import PhotoMakerInputError, PhotoMakerServerError, new_error_id
+from ..service import PhotoMakerService
 
 logger = logging.getLogger("photomaker.app")
 
@@ -31,8 +28,12 @@ def user_error(err: PhotoMakerInputError) -> gr.Error:
 
 def server_error(err: BaseException) -> gr.Error:
     """An honest message with an error id that is also in the log, next to the traceback."""
-    if isinstance(err, PhotoMakerServerError):
-        error_id = err.error_id or new_error_id()
+    if isinstance(err, PhotoMakerServerError) and err.error_id:
+        # Logged with its traceback where it happened (the service, or the ZeroGPU worker).
+        logger.info("server error %s reached the page", err.error_id)
+        error_id, message = err.error_id, str(err)
+    elif isinstance(err, PhotoMakerServerError):
+        error_id = new_error_id()
         logger.error("server error %s: %s", error_id, err, exc_info=err)
         message = str(err)
     else:
@@ -46,22 +47,7 @@ def server_error(err: BaseException) -> gr.Error:
 
 
 def gpu_runner(service: PhotoMakerService) -> Callable[..., Any] | None:
-    """``run_job(job, cancel=None)`` for the service on ZeroGPU: inside ``spaces.GPU``, with
-    a duration estimated from the job. Elsewhere None: the service's own (``spaces.GPU``
-    would do nothing there anyway)."""
-    if not on_zerogpu():
-        return None
-
-    def gpu_seconds(job: GenerationJob) -> int:
-        return service.estimate_seconds(job)
-
-    @spaces.GPU(duration=gpu_seconds)
-    def run_on_gpu(job: GenerationJob):
-        return service.run_job(job)
-
-    def run_job(job: GenerationJob, cancel: threading.Event | None = None):
-        # The job crosses to ZeroGPU's worker process by pickling, and an Event does not
-        # pickle: there a cancelled job runs to its end (its user no longer waits for it).
-        return run_on_gpu(job)
-
-    return run_job
+    """``run_job(job, cancel=None)`` for the service on ZeroGPU (``spaces.GPU``, size, duration,
+    Stop, refusals and errors across the worker: :mod:`photomaker.zerogpu`); elsewhere None,
+    and the service runs the job itself."""
+    return zerogpu.gpu_runner(service)
