@@ -11,7 +11,7 @@ and example. Everything else reads it:
 * the UI components' labels, ranges and defaults, and "Load settings from image"
   (:mod:`photomaker.web`);
 * the PNG metadata's keys (:mod:`photomaker.metadata`);
-* the README's API table (:func:`markdown_table`; ``tests/test_params.py`` compares them).
+* the README's API table (:func:`markdown_table`; ``tests/test_web.py`` compares them).
 
 Adding a parameter: one :class:`Param` here, in the order the API takes it (new ones last,
 ``omittable=True`` so that requests written before it run as they did), plus the feature's
@@ -269,7 +269,7 @@ def _check_number(param: Param, value: Any) -> int | float:
 
 
 def markdown_table() -> str:
-    """The README's table of /generate parameters (``tests/test_params.py`` keeps it equal)."""
+    """The README's table of /generate parameters (``tests/test_web.py`` keeps it equal)."""
     rows = [
         "| # | Parameter | Type | Default | Description |",
         "|---|---|---|---|---|",

@@ -24,8 +24,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..errors import PhotoMakerInputError
-from ..service import new_error_id
+from ..errors import PhotoMakerInputError, new_error_id
 from .gpu import INPUT_TITLE
 
 logger = logging.getLogger("photomaker.app")
