@@ -112,7 +112,7 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
     # The adapter runs once per call, after the prompt is fused and before the UNet, so it can
     # take its turn in the offload chain (and leave the GPU when the UNet comes).
     model_cpu_offload_seq = (
-        "id_encoder->text_encoder->text_encoder_2->id_fuse_module->adapter->unet->vae"
+        "id_encoder->text_encoder->text_encoder_2->image_encoder->id_fuse_module->adapter->unet->vae"
     )
     # Optional so that ``from_pretrained`` of a plain SDXL repo works; the sketch then needs one.
     _optional_components = [*PhotoMakerStableDiffusionXLPipeline._optional_components, "adapter"]
@@ -211,6 +211,10 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
     ) -> StableDiffusionXLPipelineOutput | tuple:
         control_inputs = None
         if image is not None:
+            if self.adapter is None:
+                raise ValueError(
+                    "This pipeline has no T2I-Adapter: build it with `adapter=T2IAdapter...` to use `image`"
+                )
             height, width = self._default_height_width(height, width, image)
             control_inputs = self.check_adapter_inputs(
                 image, height, width, adapter_conditioning_scale, adapter_conditioning_factor
@@ -234,10 +238,6 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
         adapter_conditioning_factor: float,
     ) -> AdapterInputs:
         """The adapter's part of a call, checked, its image(s) as tensors at the output size."""
-        if self.adapter is None:
-            raise ValueError(
-                "This pipeline has no T2I-Adapter: build it with `adapter=T2IAdapter...` to use `image`"
-            )
         if isinstance(self.adapter, MultiAdapter):
             if not isinstance(image, (list, tuple)) or len(image) != len(self.adapter.adapters):
                 raise ValueError(
