@@ -402,3 +402,26 @@ def test_watermark_is_applied_when_asked(pipes):
     marked = PhotoMakerStableDiffusionXLPipeline(**components, add_watermarker=True)
     assert marked.watermark is not None
     assert PhotoMakerStableDiffusionXLPipeline(**components).watermark is None
+
+
+def test_the_text_encoder_lora_scale_reaches_every_prompt_encoding(cache_dir):
+    """``cross_attention_kwargs["scale"]`` (``lora_scale``) scales text-encoder LoRAs in the ID
+    prompt's encoding as in the text-only and negative ones: at 0 all are the base model's."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pipe = build_tiny_pipeline("v1", seed=0, cache_dir=cache_dir)
+    cpu = torch.device("cpu")
+    base_id = pipe.encode_prompt_with_trigger_word(PROMPTS[0], device=cpu)[0]
+    base_text = pipe.encode_prompt(PROMPTS[0], device=cpu, negative_prompt="blurry")
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                            init_lora_weights=False)
+        inject_adapter_in_model(config, encoder)
+    live_id = pipe.encode_prompt_with_trigger_word(PROMPTS[0], device=cpu)[0]
+    assert np.abs(as_array(live_id) - as_array(base_id)).max() > 1e-4  # the LoRA acts
+    close(pipe.encode_prompt_with_trigger_word(PROMPTS[0], device=cpu, lora_scale=0.0)[0],
+          base_id, atol=1e-6)
+    off_text = pipe.encode_prompt(PROMPTS[0], device=cpu, negative_prompt="blurry", lora_scale=0.0)
+    for off, base in zip(off_text, base_text, strict=True):
+        close(off, base, atol=1e-6)
+    close(pipe.encode_prompt_with_trigger_word(PROMPTS[0], device=cpu)[0], live_id, atol=0)
