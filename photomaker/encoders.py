@@ -98,6 +98,10 @@ class MLP(nn.Module):
 class FuseModule(nn.Module):
     """Fuses each class-word embedding with one ID vector and writes it back in place."""
 
+    #: The prompt word that marks the class word this module fuses into; set by
+    #: ``load_photomaker_adapter``, read by the pipeline (it is not a weight).
+    trigger_word: str = "img"
+
     def __init__(self, embed_dim: int):
         super().__init__()
         self.mlp1 = MLP(embed_dim * 2, embed_dim, embed_dim, use_residual=False)

@@ -17,20 +17,27 @@ in the layout TencentARC released (diffusers converts the old attention-processo
 itself), and is then fused into the UNet so no denoising step pays for the rank-64 side
 matmuls. To change adapters at run time: ``pipe.unfuse_lora()``, ``pipe.set_adapters(...)``,
 ``pipe.fuse_lora(adapter_names=[...])``.
+
+What the pipeline knows of the loaded adapter lives on the registered components, not on the
+pipeline object: the version and the ID tokens per photo come from ``id_encoder``'s class,
+the trigger word from ``id_fuse_module.trigger_word``. So a pipeline built from another's
+``components`` (diffusers' way to share models) is the same PhotoMaker pipeline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import torch
 from huggingface_hub.utils import validate_hf_hub_args
 
 from photomaker import checkpoints, prompting
-from photomaker.encoders import IDEncoderConfig
+from photomaker.encoders import IDEncoderConfig, PhotoMakerIDEncoderV2
 from photomaker.errors import PhotoMakerInputError
 
 try:  # transformers >= 5 names the PIL-based processor explicitly (no torchvision needed)
@@ -46,14 +53,41 @@ __all__ = ["PhotoMakerLoaderMixin", "PHOTOMAKER_ADAPTER", "CLIPImageProcessor"]
 PHOTOMAKER_ADAPTER = "photomaker"
 #: The pipeline components that load_photomaker_adapter registers.
 PHOTOMAKER_COMPONENTS = ("id_encoder", "id_fuse_module")
-#: What load_photomaker_adapter (and diffusers' fuse_lora) set on the pipeline object itself.
-PHOTOMAKER_ATTRIBUTES = (
-    "pm_version",
-    "trigger_word",
-    "num_tokens_per_image",
-    "id_image_processor",
-    "_merged_adapters",
-)
+#: What diffusers' fuse_lora records on the pipeline object itself (not on a component).
+PHOTOMAKER_ATTRIBUTES = ("_merged_adapters",)
+
+
+@functools.lru_cache(maxsize=4)
+def _id_image_processor(image_size: int) -> CLIPImageProcessor:
+    """CLIP's preprocessing at the ID encoder's input size (224 for the released ones)."""
+    if image_size == 224:
+        return CLIPImageProcessor()
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+def _base_weights_only(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, local_metadata: Any
+) -> None:
+    """A ``state_dict`` post-hook: the module's weights without its PEFT LoRA layers.
+
+    Fused adapters are subtracted back out of their base weights, the ``lora_*`` entries are
+    dropped and ``….base_layer.weight`` is named ``….weight`` again: the plain model's layout."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, layer in module.named_modules():
+        if isinstance(layer, BaseTunerLayer) and layer.merged_adapters:
+            key = f"{prefix}{name}.base_layer.weight"
+            delta = sum(layer.get_delta_weight(adapter) for adapter in layer.merged_adapters)
+            state_dict[key] = state_dict[key] - delta.to(state_dict[key].dtype)
+    for key in list(state_dict):
+        parts = key[len(prefix) :].split(".")
+        if any(part.startswith("lora_") for part in parts):
+            del state_dict[key]
+        elif "base_layer" in parts:
+            plain = prefix + ".".join(part for part in parts if part != "base_layer")
+            state_dict[plain] = state_dict.pop(key)
 
 
 @contextlib.contextmanager
@@ -70,9 +104,32 @@ def _quiet(logger_name: str) -> Iterator[None]:
 class PhotoMakerLoaderMixin:
     """Adds ``load_photomaker_adapter`` to a diffusers SDXL pipeline (with LoRA support)."""
 
-    pm_version: str | None = None
-    trigger_word: str = prompting.DEFAULT_TRIGGER_WORD
-    num_tokens_per_image: int = 1
+    @property
+    def pm_version(self) -> str | None:
+        """``"v1"`` or ``"v2"``: the registered ``id_encoder``'s version (``None`` without one)."""
+        encoder = getattr(self, "id_encoder", None)
+        if encoder is None:
+            return None
+        return "v2" if isinstance(encoder, PhotoMakerIDEncoderV2) else "v1"
+
+    @property
+    def num_tokens_per_image(self) -> int:
+        """ID tokens per photo: 1 (V1) or 2 (V2), from the registered ``id_encoder``. Without
+        one (ID embeddings passed precomputed) the count is read off the embeddings."""
+        encoder = getattr(self, "id_encoder", None)
+        return 1 if encoder is None else int(encoder.tokens_per_image)
+
+    @property
+    def trigger_word(self) -> str:
+        """The word after the class word in prompts, as loaded into ``id_fuse_module``."""
+        fuse = getattr(self, "id_fuse_module", None)
+        return getattr(fuse, "trigger_word", prompting.DEFAULT_TRIGGER_WORD)
+
+    @property
+    def id_image_processor(self) -> CLIPImageProcessor:
+        """The photos' preprocessing, at the registered ``id_encoder``'s input size."""
+        encoder = getattr(self, "id_encoder", None)
+        return _id_image_processor(224 if encoder is None else int(encoder.config.image_size))
 
     @validate_hf_hub_args
     def load_photomaker_adapter(
@@ -113,10 +170,8 @@ class PhotoMakerLoaderMixin:
         encoder = checkpoints.load_id_encoder(state["id_encoder"], pm_version, id_encoder_config)
         encoder = encoder.to(device=self.unet.device, dtype=self.unet.dtype)
         fuse_module = encoder.detach_fuse_module()
+        fuse_module.trigger_word = trigger_word
         self.register_modules(id_encoder=encoder, id_fuse_module=fuse_module)
-        self.id_image_processor = CLIPImageProcessor()
-        self.pm_version = pm_version
-        self.num_tokens_per_image = encoder.tokens_per_image
 
         # The LoRA, in the released layout, through diffusers' own loader and converter.
         checkpoints.check_lora_keys(state["lora_weights"])
@@ -136,7 +191,6 @@ class PhotoMakerLoaderMixin:
             self.fuse_lora(components=["unet"], adapter_names=[PHOTOMAKER_ADAPTER])
 
         # The trigger word, as one token in both tokenizers.
-        self.trigger_word = trigger_word
         for tokenizer in (self.tokenizer, self.tokenizer_2):
             if tokenizer is not None and trigger_word not in tokenizer.get_vocab():
                 tokenizer.add_tokens([trigger_word], special_tokens=True)
@@ -150,7 +204,7 @@ class PhotoMakerLoaderMixin:
 
         The way to add a T2I-Adapter or a ControlNet to a loaded pipeline without loading SDXL
         twice. (diffusers' ``from_pipe`` matches components by their annotated types and
-        knows nothing of the attributes ``load_photomaker_adapter`` sets.) Use the new
+        cannot map a ``ControlNetModel`` onto ``adapter=``.) Use the new
         pipeline from then on: both share the UNet, so a LoRA change made through the old one
         would not be recorded in the new one.
         """
@@ -172,16 +226,27 @@ class PhotoMakerLoaderMixin:
         return new
 
     def save_pretrained(self, *args, **kwargs) -> None:
-        """Save the SDXL base as diffusers does; the PhotoMaker checkpoint is not part of it.
+        """Save the SDXL base the adapters were loaded onto, as a plain diffusers folder.
 
-        The ID encoder is an adapter, like the LoRA: load it again with
-        :meth:`load_photomaker_adapter` after ``from_pretrained`` (diffusers could not rebuild
-        our encoder classes from a pipeline folder)."""
+        Adapters are not part of it. LoRAs fused into the UNet (PhotoMaker's, a style's) are
+        taken back out of the saved weights and live ones are left out, so the UNet is saved
+        under its plain names (no PEFT ``base_layer``/``lora_*`` entries) and loads into any
+        SDXL pipeline; the PhotoMaker ID encoder is not saved (diffusers could not rebuild our
+        encoder classes from a pipeline folder). The pipeline comes back as it was with::
+
+            pipe = PhotoMakerStableDiffusionXLPipeline.from_pretrained(folder)
+            pipe.load_photomaker_adapter(checkpoint, pm_version=...)  # as first loaded
+
+        giving the same images, to the float rounding of taking the fused LoRA out and back in.
+        Text-encoder LoRAs are saved as transformers saves them.
+        """
         adapter = {name: getattr(self, name, None) for name in PHOTOMAKER_COMPONENTS}
         self.register_modules(**dict.fromkeys(PHOTOMAKER_COMPONENTS))
+        hook = self.unet.register_state_dict_post_hook(_base_weights_only)
         try:
             super().save_pretrained(*args, **kwargs)
         finally:
+            hook.remove()
             self.register_modules(**adapter)
 
     def unload_photomaker_lora(self) -> None:

@@ -10,7 +10,8 @@ plus ``image`` (the control image), ``controlnet_conditioning_scale``, ``guess_m
 Input checks, control-image preparation and the per-step keep rule are diffusers' own
 (``check_inputs``, ``check_image``, ``prepare_image``); PhotoMaker's prompt expansion, ID fuse
 and merge switch are :class:`~photomaker.pipeline.PhotoMakerStableDiffusionXLPipeline`'s. The
-ControlNet residuals reach the UNet through its ``photomaker_unet_kwargs`` hook.
+ControlNet runs inside its ``photomaker_unet_kwargs`` hook, from the call's
+:class:`ControlNetControl` (prepared once in ``prepare_control``, passed explicitly).
 
 As in the reference, the ControlNet is conditioned on the *text-only* prompt embedding at
 every step, also after the merge step: ControlNets are trained on plain SDXL prompts, and the
@@ -21,27 +22,47 @@ embedding and time ids are those of the step, as the reference passes them.)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput, VaeImageProcessor
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 from diffusers.utils.torch_utils import is_compiled_module
 
 from photomaker.encoders import FuseModule, PhotoMakerIDEncoder
-from photomaker.pipeline import PhotoMakerConditioning, PhotoMakerStableDiffusionXLPipeline
+from photomaker.pipeline import (
+    PhotoMakerConditioning,
+    PhotoMakerStableDiffusionXLPipeline,
+    call_arguments,
+    call_docstring,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PhotoMakerStableDiffusionXLControlNetPipeline"]
 
 
-@dataclass
-class _ControlRequest:
-    """What one call asked of the ControlNet(s), and what the loop needs from it per step."""
+CONTROLNET_ARGS_DOC = """\
+    image: the control image (one per ControlNet for a ``MultiControlNetModel``): PIL, numpy
+        or a tensor in [0, 1]. The output size defaults to its size, rounded down to a
+        multiple of the VAE factor. ``None`` (unlike diffusers, which requires one): no
+        control, the plain PhotoMaker images, so one loaded pipeline serves requests with and
+        without a control image.
+    controlnet_conditioning_scale: multiplies the ControlNet residuals (one per net).
+    guess_mode: run the ControlNet on the conditional half only (no prompt needed).
+    control_guidance_start, control_guidance_end: the fraction of the steps in which each
+        ControlNet acts.
+"""
+
+
+@dataclass(frozen=True)
+class ControlNetInputs:
+    """What one call asked of the ControlNet(s), checked."""
 
     images: PipelineImageInput | list[PipelineImageInput]
     scales: list[float]
@@ -50,9 +71,17 @@ class _ControlRequest:
     guess_mode: bool
     height: int
     width: int
-    prepared: torch.Tensor | list[torch.Tensor] | None = None  # CFG halves joined unless guess mode
-    keep: list[list[float]] = field(default_factory=list)  # per step, per ControlNet: 1.0 or 0.0
-    text_embeds: torch.Tensor | None = None  # the text-only prompt embedding, CFG halves joined
+
+
+@dataclass(frozen=True)
+class ControlNetControl:
+    """What the loop needs from the ControlNet(s) of one call, per step."""
+
+    prepared: torch.Tensor | list[torch.Tensor]  # CFG halves joined unless guess mode
+    scales: list[float]
+    keep: list[list[float]]  # per step, per ControlNet: 1.0 or 0.0
+    text_embeds: torch.Tensor  # the text-only prompt embedding, CFG halves joined
+    guess_mode: bool
 
 
 def control_keep(num_steps: int, starts: list[float], ends: list[float]) -> list[list[float]]:
@@ -124,7 +153,6 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         self.control_image_processor = VaeImageProcessor(
             vae_scale_factor=self.vae_scale_factor, do_convert_rgb=True, do_normalize=False
         )
-        self._control_request: _ControlRequest | None = None
 
     @property
     def _controlnet(self) -> ControlNetModel | MultiControlNetModel:
@@ -135,34 +163,85 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         self,
         prompt: str | list[str] | None = None,
         prompt_2: str | list[str] | None = None,
-        image: PipelineImageInput | list[PipelineImageInput] = None,
+        image: PipelineImageInput | list[PipelineImageInput] | None = None,
         height: int | None = None,
         width: int | None = None,
         *,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        denoising_end: float | None = None,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        num_images_per_prompt: int | None = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        output_type: str | None = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        # PhotoMaker
+        input_id_images: PipelineImageInput | None = None,
+        start_merge_step: int = 10,
+        class_tokens_mask: torch.Tensor | None = None,
+        id_embeds: torch.Tensor | None = None,
+        prompt_embeds_text_only: torch.Tensor | None = None,
+        pooled_prompt_embeds_text_only: torch.Tensor | None = None,
+        id_image_embeds: torch.Tensor | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int | None = None,
+        # ControlNet
         controlnet_conditioning_scale: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
-        **kwargs: Any,
     ) -> StableDiffusionXLPipelineOutput | tuple:
-        r"""Generate images of the person in ``input_id_images``, structured by ``image``.
+        control_inputs = None
+        if image is not None:
+            control_inputs = self.check_control_inputs(
+                image, height, width, controlnet_conditioning_scale, guess_mode,
+                control_guidance_start, control_guidance_end,
+            )
+            height, width = control_inputs.height, control_inputs.width
+        arguments = {**call_arguments(locals()), "height": height, "width": width}
+        return self._generate(**arguments, control_inputs=control_inputs)
 
-        Every argument of :meth:`PhotoMakerStableDiffusionXLPipeline.__call__` works as there.
-        ControlNet adds (names and meaning as in diffusers' ``StableDiffusionXLControlNetPipeline``):
+    __call__.__doc__ = call_docstring(
+        "Generate images of the person in ``input_id_images``, structured by ``image``.\n\n"
+        "ControlNet's arguments are named and mean as in diffusers'\n"
+        "``StableDiffusionXLControlNetPipeline``.",
+        CONTROLNET_ARGS_DOC,
+    )
 
-        Args:
-            image: the control image (one per ControlNet for a ``MultiControlNetModel``): PIL,
-                numpy or a tensor in [0, 1]. The output size defaults to its size, rounded down
-                to a multiple of the VAE factor. ``None`` (unlike diffusers, which requires
-                one): no control, the plain PhotoMaker images, so one loaded pipeline serves
-                requests with and without a control image.
-            controlnet_conditioning_scale: multiplies the ControlNet residuals (one per net).
-            guess_mode: run the ControlNet on the conditional half only (no prompt needed).
-            control_guidance_start, control_guidance_end: the fraction of the steps in which
-                each ControlNet acts.
-        """
-        if image is None:  # no structure control: the plain PhotoMaker images
-            return super().__call__(prompt, prompt_2, height=height, width=width, **kwargs)
+    def check_control_inputs(
+        self,
+        image: PipelineImageInput | list[PipelineImageInput],
+        height: int | None,
+        width: int | None,
+        controlnet_conditioning_scale: float | list[float],
+        guess_mode: bool,
+        control_guidance_start: float | list[float],
+        control_guidance_end: float | list[float],
+    ) -> ControlNetInputs:
+        """The ControlNet part of a call, checked by diffusers' own ``check_inputs``, and the
+        output size (default: the control image's)."""
         controlnet = self._controlnet
         num_nets = len(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else 1
         # Align the per-net lists as diffusers does.
@@ -178,7 +257,7 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         if isinstance(controlnet_conditioning_scale, (int, float)):
             controlnet_conditioning_scale = float(controlnet_conditioning_scale)
         # diffusers' checks of the control inputs. The prompt and the rest are the parent's to
-        # check; a placeholder prompt of one stands for PhotoMaker's one prompt per call.
+        # check (in _generate); a placeholder prompt stands in for it here.
         StableDiffusionXLControlNetPipeline.check_inputs(
             self,
             "",
@@ -203,7 +282,7 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
             if isinstance(controlnet, ControlNetModel)
             else controlnet.nets[0].config.global_pool_conditions
         )
-        self._control_request = _ControlRequest(
+        return ControlNetInputs(
             images=image,
             scales=[float(s) for s in scales],
             starts=list(control_guidance_start),
@@ -212,57 +291,45 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
             height=height,
             width=width,
         )
-        try:
-            return super().__call__(prompt, prompt_2, height=height, width=width, **kwargs)
-        finally:
-            self._control_request = None
 
-    def denoise(
+    def prepare_control(
         self,
+        control_inputs: ControlNetInputs | None,
+        conditioning: PhotoMakerConditioning,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
         num_inference_steps: int,
-        conditioning: PhotoMakerConditioning,
-        start_merge_step: int,
-        add_time_ids: torch.Tensor,
-        extra_step_kwargs: dict[str, Any],
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """The parent's loop, once the control images are prepared for this batch and the
-        keep list is known (over all scheduler timesteps, as diffusers counts them)."""
-        request = self._control_request
-        if request is not None:
-            controlnet = self._controlnet
-            batch = latents.shape[0]
+    ) -> ControlNetControl | None:
+        """The control images prepared for this batch, and the keep list (over all scheduler
+        timesteps, as diffusers counts them)."""
+        if control_inputs is None:
+            return None
+        controlnet = self._controlnet
+        batch = latents.shape[0]
 
-            def prepare(image: PipelineImageInput) -> torch.Tensor:
-                return self.prepare_image(
-                    image=image,
-                    width=request.width,
-                    height=request.height,
-                    batch_size=batch,
-                    num_images_per_prompt=batch,
-                    device=latents.device,
-                    dtype=controlnet.dtype,
-                    do_classifier_free_guidance=self.do_classifier_free_guidance,
-                    guess_mode=request.guess_mode,
-                )
+        def prepare(image: PipelineImageInput) -> torch.Tensor:
+            return self.prepare_image(
+                image=image,
+                width=control_inputs.width,
+                height=control_inputs.height,
+                batch_size=batch,
+                num_images_per_prompt=batch,
+                device=latents.device,
+                dtype=controlnet.dtype,
+                do_classifier_free_guidance=self.do_classifier_free_guidance,
+                guess_mode=control_inputs.guess_mode,
+            )
 
-            if isinstance(controlnet, MultiControlNetModel):
-                request.prepared = [prepare(image) for image in request.images]
-            else:
-                request.prepared = prepare(request.images)
-            request.keep = control_keep(len(self.scheduler.timesteps), request.starts, request.ends)
-            request.text_embeds = conditioning.text[0]
-        return super().denoise(
-            latents,
-            timesteps,
-            num_inference_steps,
-            conditioning,
-            start_merge_step,
-            add_time_ids,
-            extra_step_kwargs,
-            **kwargs,
+        if isinstance(controlnet, MultiControlNetModel):
+            prepared: torch.Tensor | list[torch.Tensor] = [prepare(i) for i in control_inputs.images]
+        else:
+            prepared = prepare(control_inputs.images)
+        return ControlNetControl(
+            prepared=prepared,
+            scales=control_inputs.scales,
+            keep=control_keep(len(self.scheduler.timesteps), control_inputs.starts, control_inputs.ends),
+            text_embeds=conditioning.text[0],
+            guess_mode=control_inputs.guess_mode,
         )
 
     def photomaker_unet_kwargs(
@@ -272,39 +339,39 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         latent_model_input: torch.Tensor,
         prompt_embeds: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor],
+        control: ControlNetControl | None = None,
     ) -> dict[str, Any]:
         """Run the ControlNet(s) for step ``i``; their residuals go to the UNet's down and mid
         blocks. Skipped (the plain PhotoMaker step) when every net's scale is 0 at this step."""
         unet_kwargs = super().photomaker_unet_kwargs(
-            i, t, latent_model_input, prompt_embeds, added_cond_kwargs
+            i, t, latent_model_input, prompt_embeds, added_cond_kwargs, control
         )
-        request = self._control_request
-        if request is None:
+        if control is None:
             return unet_kwargs
-        scales = [s * k for s, k in zip(request.scales, request.keep[i], strict=True)]
+        scales = [s * k for s, k in zip(control.scales, control.keep[i], strict=True)]
         if not any(scales):
             return unet_kwargs
         rows = latent_model_input.shape[0]
-        text_embeds = request.text_embeds[-rows:]
+        text_embeds = control.text_embeds[-rows:]
         cond = {
             "text_embeds": added_cond_kwargs["text_embeds"],
             "time_ids": added_cond_kwargs["time_ids"],
         }
         control_input = latent_model_input
         cfg = self.do_classifier_free_guidance  # read each step, as the loop does
-        if request.guess_mode and cfg:
+        if control.guess_mode and cfg:
             # The ControlNet sees only the conditional half; the unconditional half gets zeros.
             control_input = latent_model_input.chunk(2)[1]
             text_embeds = text_embeds.chunk(2)[1]
             cond = {k: v.chunk(2)[1] for k, v in cond.items()}
         control_rows = control_input.shape[0]
-        if isinstance(request.prepared, list):
+        if isinstance(control.prepared, list):
             control_image: torch.Tensor | list[torch.Tensor] = [
-                p[-control_rows:] for p in request.prepared
+                p[-control_rows:] for p in control.prepared
             ]
             conditioning_scale: float | list[float] = scales
         else:
-            control_image = request.prepared[-control_rows:]
+            control_image = control.prepared[-control_rows:]
             conditioning_scale = scales[0]
         down, mid = self.controlnet(
             control_input,
@@ -312,11 +379,11 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
             encoder_hidden_states=text_embeds,
             controlnet_cond=control_image,
             conditioning_scale=conditioning_scale,
-            guess_mode=request.guess_mode,
+            guess_mode=control.guess_mode,
             added_cond_kwargs=cond,
             return_dict=False,
         )
-        if request.guess_mode and cfg:
+        if control.guess_mode and cfg:
             down = [torch.cat([torch.zeros_like(d), d]) for d in down]
             mid = torch.cat([torch.zeros_like(mid), mid])
         unet_kwargs["down_block_additional_residuals"] = down

@@ -46,6 +46,7 @@ __all__ = [
     "build_tiny_controlnet",
     "build_tiny_adapter_pipeline",
     "build_tiny_controlnet_pipeline",
+    "write_tiny_ip_adapter",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -289,6 +290,59 @@ def build_tiny_controlnet(unet: nn.Module | None = None, seed: int = 0):
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) / fan_in**0.5)
             conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=generator))
     return controlnet.eval()
+
+
+def write_tiny_ip_adapter(
+    folder: str | os.PathLike,
+    unet: nn.Module | None = None,
+    seed: int = 0,
+    subfolder: str = "sdxl_models",
+    weight_name: str = "ip-adapter_sdxl.bin",
+) -> Path:
+    """A random IP-Adapter (style image) for the tiny UNet, in the layout of ``h94/IP-Adapter``.
+
+    Writes ``folder/subfolder/image_encoder/`` (a tiny ``CLIPVisionModelWithProjection``, as
+    ``transformers`` saves it) and ``folder/subfolder/weight_name``: ``{"image_proj": {proj,
+    norm}, "ip_adapter": {"1.to_k_ip.weight", "1.to_v_ip.weight", "3.…", …}}`` — one pair per
+    cross-attention layer, numbered 1, 3, 5… in the UNet's order, as the released
+    ``ip-adapter_sdxl.bin`` is. So ``pipe.load_ip_adapter(folder, subfolder=subfolder,
+    weight_name=weight_name)`` loads it through diffusers' own ``IPAdapterMixin``. Returns
+    ``folder``.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = unet if unet is not None else build_tiny_components(seed)["unet"]
+    root = Path(folder) / subfolder
+    _seeded(seed, "ip_adapter_image_encoder")
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16)
+    )
+    encoder.save_pretrained(root / "image_encoder")
+    generator = torch.Generator().manual_seed(seed)
+    cross_dim = unet.config.cross_attention_dim
+    embed_dim = encoder.config.projection_dim
+    image_proj = {
+        "proj.weight": torch.randn(4 * cross_dim, embed_dim, generator=generator) / embed_dim**0.5,
+        "proj.bias": 0.1 * torch.randn(4 * cross_dim, generator=generator),
+        "norm.weight": torch.ones(cross_dim),
+        "norm.bias": torch.zeros(cross_dim),
+    }
+    ip_adapter = {}
+    cross_attentions = [
+        name[: -len(".processor")]
+        for name in unet.attn_processors
+        if not name.endswith("attn1.processor")
+    ]
+    modules = dict(unet.named_modules())
+    for k, name in enumerate(cross_attentions):
+        hidden = modules[name].to_k.out_features
+        for projection in ("to_k_ip", "to_v_ip"):
+            weight = torch.randn(hidden, cross_dim, generator=generator) / cross_dim**0.5
+            ip_adapter[f"{2 * k + 1}.{projection}.weight"] = weight
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": image_proj, "ip_adapter": ip_adapter}, root / weight_name)
+    return Path(folder)
 
 
 def _photomaker_checkpoint(
