@@ -104,7 +104,8 @@ def _install_faults() -> None:
 
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline as Pipeline
 
-    call = Pipeline.__call__
+    # Every pipeline class's __call__ ends in the shared _generate: one place for the faults.
+    call = Pipeline._generate
 
     def faulty_call(self, *args, **kwargs):
         faults = _faults()
@@ -128,7 +129,7 @@ def _install_faults() -> None:
             kwargs["callback_on_step_end"] = slow_step
         return call(self, *args, **kwargs)
 
-    Pipeline.__call__ = faulty_call
+    Pipeline._generate = faulty_call
 
     from photomaker.service import PhotoMakerService
 
