@@ -46,6 +46,8 @@ __all__ = [
     "build_tiny_controlnet",
     "build_tiny_adapter_pipeline",
     "build_tiny_controlnet_pipeline",
+    "tiny_fast_lora_state_dict",
+    "write_tiny_fast_lora",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -164,6 +166,57 @@ def tiny_lora_state_dict(unet: nn.Module, rank: int = TINY_LORA_RANK, seed: int 
         lora[f"{prefix}.down.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
         lora[f"{prefix}.up.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.1
     return lora
+
+
+#: The UNet parts a few-step distillation LoRA covers (SDXL-Lightning's LoRA covers the
+#: attention, feed-forward and projection layers and the ResNets' convolutions and time
+#: projections of every block).
+FAST_LORA_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def tiny_fast_lora_state_dict(
+    unet: nn.Module | None = None, rank: int = TINY_LORA_RANK, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A random distillation LoRA for the tiny UNet in the layout SDXL-Lightning's
+    ``sdxl_lightning_*_lora.safetensors`` use: kohya keys on diffusers module paths,
+    ``lora_unet_<path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, on every
+    Linear and Conv2d inside the down, mid and up blocks (convolutions as a k×k down and a
+    1×1 up). diffusers converts the layout itself when it is loaded."""
+    if unet is None:
+        unet = build_tiny_components(0)["unet"]
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not name.startswith(FAST_LORA_BLOCKS) or ".lora_" in name or ".base_layer" in name:
+            continue
+        if isinstance(module, nn.Linear):
+            fan_in = module.in_features
+            down = torch.randn(rank, fan_in, generator=generator)
+            up = torch.randn(module.out_features, rank, generator=generator)
+        elif isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = down / fan_in**0.5
+        state[f"{key}.lora_up.weight"] = up * 0.1
+        state[f"{key}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
+def write_tiny_fast_lora(path: str | os.PathLike, unet: nn.Module | None = None, seed: int = 0) -> Path:
+    """:func:`tiny_fast_lora_state_dict` saved as a ``.safetensors`` file (the released format)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in tiny_fast_lora_state_dict(unet, seed=seed).items()}
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return path
 
 
 def random_state_dict(module: nn.Module, seed: int = 0, mixed_dtypes: bool = False) -> dict:
