@@ -203,6 +203,46 @@ def read_lora(location: str) -> dict[str, Any]:
     return load_file(path)
 
 
+# --------------------------------------------------------------------------- random LoRA
+
+#: The UNet parts a few-step distillation LoRA covers (SDXL-Lightning's LoRA covers the
+#: attention, feed-forward and projection layers and the ResNets' convolutions and time
+#: projections of every block).
+FAST_LORA_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def random_fast_lora_state_dict(unet: Any, rank: int = 4, seed: int = 0) -> dict[str, Any]:
+    """A random distillation LoRA for ``unet`` in the layout of SDXL-Lightning's
+    ``sdxl_lightning_*_lora.safetensors``: kohya keys on diffusers module paths,
+    ``lora_unet_<path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, on every
+    Linear and Conv2d inside the down, mid and up blocks (a convolution as a k×k down and a
+    1×1 up). diffusers converts this layout itself when it loads it. For the tests (tiny
+    UNet) and the benchmarks (full size, random weights): the values mean nothing."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for name, module in unet.named_modules():
+        if not name.startswith(FAST_LORA_BLOCKS) or ".lora_" in name or ".base_layer" in name:
+            continue
+        if isinstance(module, nn.Linear):
+            fan_in = module.in_features
+            down = torch.randn(rank, fan_in, generator=generator)
+            up = torch.randn(module.out_features, rank, generator=generator)
+        elif isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
+            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
+        else:
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = down / fan_in**0.5
+        state[f"{key}.lora_up.weight"] = up * 0.1
+        state[f"{key}.alpha"] = torch.tensor(float(rank))
+    return state
+
+
 # --------------------------------------------------------------------------- attach, switch
 
 #: The fast mode attached to each UNet (pipelines built with from_photomaker_pipe share it).

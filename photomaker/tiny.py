@@ -27,6 +27,7 @@ from torch import nn
 
 from photomaker.clip_tokenizer import bpe_vocabulary_path, clip_tokenizer
 from photomaker.encoders import IDEncoderConfig, build_id_encoder
+from photomaker.fast import FAST_LORA_BLOCKS
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ __all__ = [
     "build_tiny_controlnet",
     "build_tiny_adapter_pipeline",
     "build_tiny_controlnet_pipeline",
+    "FAST_LORA_BLOCKS",
     "tiny_fast_lora_state_dict",
     "write_tiny_fast_lora",
 ]
@@ -168,42 +170,16 @@ def tiny_lora_state_dict(unet: nn.Module, rank: int = TINY_LORA_RANK, seed: int 
     return lora
 
 
-#: The UNet parts a few-step distillation LoRA covers (SDXL-Lightning's LoRA covers the
-#: attention, feed-forward and projection layers and the ResNets' convolutions and time
-#: projections of every block).
-FAST_LORA_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")
-
-
 def tiny_fast_lora_state_dict(
     unet: nn.Module | None = None, rank: int = TINY_LORA_RANK, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """A random distillation LoRA for the tiny UNet in the layout SDXL-Lightning's
-    ``sdxl_lightning_*_lora.safetensors`` use: kohya keys on diffusers module paths,
-    ``lora_unet_<path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, on every
-    Linear and Conv2d inside the down, mid and up blocks (convolutions as a k×k down and a
-    1×1 up). diffusers converts the layout itself when it is loaded."""
+    """A random distillation LoRA for the tiny UNet in SDXL-Lightning's released layout
+    (:func:`photomaker.fast.random_fast_lora_state_dict`)."""
+    from photomaker.fast import random_fast_lora_state_dict
+
     if unet is None:
         unet = build_tiny_components(0)["unet"]
-    generator = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    for name, module in unet.named_modules():
-        if not name.startswith(FAST_LORA_BLOCKS) or ".lora_" in name or ".base_layer" in name:
-            continue
-        if isinstance(module, nn.Linear):
-            fan_in = module.in_features
-            down = torch.randn(rank, fan_in, generator=generator)
-            up = torch.randn(module.out_features, rank, generator=generator)
-        elif isinstance(module, nn.Conv2d):
-            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-            down = torch.randn(rank, module.in_channels, *module.kernel_size, generator=generator)
-            up = torch.randn(module.out_channels, rank, 1, 1, generator=generator)
-        else:
-            continue
-        key = "lora_unet_" + name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = down / fan_in**0.5
-        state[f"{key}.lora_up.weight"] = up * 0.1
-        state[f"{key}.alpha"] = torch.tensor(float(rank))
-    return state
+    return random_fast_lora_state_dict(unet, rank=rank, seed=seed)
 
 
 def write_tiny_fast_lora(path: str | os.PathLike, unet: nn.Module | None = None, seed: int = 0) -> Path:
