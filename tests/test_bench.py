@@ -113,7 +113,7 @@ def test_run_specs_and_plan():
         "full/eager/50x4",
     )
     assert gpu.RunSpec.parse("model-offload/unet/20").name == "model-offload/unet/20"
-    for bad in ("full/eager/50", "gpu/eager/50x1", "full/fast/50x1", "full/eager/0x1", "full"):
+    for bad in ("full/eager/50", "gpu/eager/50x1", "full/turbo/50x1", "full/eager/0x1", "full"):
         with pytest.raises(Exception, match="MODE|mode"):
             gpu.RunSpec.parse(bad)
     specs = [gpu.RunSpec.parse(s) for s in (
