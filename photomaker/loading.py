@@ -316,12 +316,12 @@ def load_controlnet(settings: Settings) -> Any | None:
 
 
 def tiny_fast_lora_file(settings: Settings) -> Path:
-    """The tiny distillation LoRA (released layout) on disk, written once per process."""
+    """The tiny distillation LoRA (released layout) on disk, written once per folder."""
     from .tiny import write_tiny_fast_lora
 
     folder = Path(os.environ.get("PHOTOMAKER_TINY_CACHE") or tempfile.gettempdir())
-    path = folder / "photomaker-tiny" / f"tiny-fast-lora-{os.getpid()}.safetensors"
-    if not path.is_file():
+    path = folder / "photomaker-tiny" / "tiny-fast-lora-seed0.safetensors"
+    if not path.is_file():  # the same bytes in every process (seeded); written atomically
         write_tiny_fast_lora(path)
     return path
 

@@ -189,7 +189,7 @@ def write_tiny_fast_lora(path: str | os.PathLike, unet: nn.Module | None = None,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in tiny_fast_lora_state_dict(unet, seed=seed).items()}
-    tmp = path.with_suffix(".tmp.safetensors")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.safetensors")  # concurrent writers: no clash
     save_file(state, str(tmp))
     tmp.replace(path)
     return path
