@@ -15,8 +15,9 @@ doodle's or a ControlNet's residuals), a size outside the compiled range, and fa
 (its LoRA adapter is not in the graph). If export or compile fails, the pipeline stays eager
 and a warning says why (:func:`compile_unet_ahead_of_time` returns ``None``).
 
-Not wired into the app here: call :func:`compile_unet_ahead_of_time` once at start-up (on
-ZeroGPU inside a long ``@spaces.GPU`` call), with an example call of the app's defaults.
+Not wired into the app here. On ZeroGPU: :func:`compile_unet` inside a long ``@spaces.GPU``
+call at start-up, its result returned to the main process and :func:`apply_compiled` there
+(what a GPU worker changes does not persist). Elsewhere: :func:`compile_unet_ahead_of_time`.
 """
 
 from __future__ import annotations
@@ -159,16 +160,27 @@ def _fast_adapter_on(unet: Any) -> bool:
     )
 
 
+@dataclass
+class CompiledUNet:
+    """What :func:`compile_unet` returns: the compiled callable, the argument structure it was
+    compiled for, its shape range. Picklable on ZeroGPU (``spaces.aoti_compile``'s model and a
+    pytree spec), so it can be returned from a ``@spaces.GPU`` function to the main process."""
+
+    compiled: Callable[..., Any]
+    call_spec: Any  # torch.utils._pytree.TreeSpec of (args, kwargs)
+    shapes: ShapeRange
+    seconds: float
+
+
 class CompiledUNetForward:
     """The UNet's ``forward`` replacement: the compiled graph for the calls it covers, the
     eager forward for the rest (counted in ``compiled_calls`` / ``eager_calls``)."""
 
-    def __init__(self, unet: Any, compiled: Callable[..., Any], call: CapturedCall,
-                 shapes: ShapeRange):
+    def __init__(self, unet: Any, compiled: CompiledUNet):
         self._unet = unet
-        self._compiled = compiled
-        self._spec = pytree.tree_flatten((call.args, call.kwargs))[1]
-        self._shapes = shapes
+        self._compiled = compiled.compiled
+        self._spec = compiled.call_spec
+        self._shapes = compiled.shapes
         self.compiled_calls = 0
         self.eager_calls = 0
 
@@ -192,29 +204,67 @@ class CompiledUNetForward:
         return type(self._unet).forward(self._unet, *args, **kwargs)
 
 
+def compile_unet(
+    pipe: Any,
+    example_call: Mapping[str, Any],
+    shapes: ShapeRange | None = None,
+    package_path: str | None = None,
+) -> CompiledUNet:
+    """Capture, export and AOT-compile ``pipe.unet`` (raises on failure). On ZeroGPU call it
+    inside a ``@spaces.GPU`` function (long enough for the compile) and return its result:
+    changes made in the GPU worker do not reach the main process, which then calls
+    :func:`apply_compiled`::
+
+        @spaces.GPU(duration=1500)
+        def compile_once():
+            return aot.compile_unet(pipe, example_call)
+
+        aot.apply_compiled(pipe, compile_once())
+
+    ``example_call``: pipeline-call arguments of a typical request (its first UNet call is
+    captured; the call does not run to the end)."""
+    shapes = shapes or ShapeRange()
+    start = time.perf_counter()
+    call = capture_unet_call(pipe, example_call)
+    exported = export_unet(pipe.unet, call, shapes)
+    compiled = compile_exported(exported, package_path)
+    spec = pytree.tree_flatten((call.args, call.kwargs))[1]
+    return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start)
+
+
+def apply_compiled(
+    pipe: Any, compiled: CompiledUNet, drain: bool = False
+) -> CompiledUNetForward | None:
+    """Put the compiled forward in place (returned, with its call counters).
+
+    ``drain`` (ZeroGPU only): ``spaces.aoti_apply`` instead, which frees the eager weights
+    (the compiled model carries its own copy) — half the UNet's memory, but then every call
+    must be one the graph covers: no fast mode, no doodle or ControlNet residuals, no other
+    sizes. Returns ``None`` then."""
+    if drain and on_zerogpu():
+        import spaces
+
+        spaces.aoti_apply(compiled.compiled, pipe.unet)
+        logger.info("compiled UNet applied, eager weights drained")
+        return None
+    forward = CompiledUNetForward(pipe.unet, compiled)
+    pipe.unet.forward = forward
+    logger.info("compiled UNet in place (%s; compiled in %.0f s)", compiled.shapes,
+                compiled.seconds)
+    return forward
+
+
 def compile_unet_ahead_of_time(
     pipe: Any,
     example_call: Mapping[str, Any],
     shapes: ShapeRange | None = None,
     package_path: str | None = None,
-    drain: bool = False,
 ) -> CompiledUNetForward | None:
-    """Export and AOT-compile ``pipe.unet`` and put the compiled forward in place; returns
-    it, or ``None`` (with a warning, the pipeline left eager) when anything fails.
-
-    ``example_call``: pipeline-call arguments of a typical request (its UNet call is captured,
-    the call does not run to the end). Call once at start-up; on ZeroGPU inside a
-    ``@spaces.GPU`` call long enough for the compile.
-
-    ``drain`` (ZeroGPU only): ``spaces.aoti_apply`` instead, which frees the eager weights
-    (the compiled model carries its own copy) — half the UNet's memory, but then every call
-    must be one the graph covers: no fast mode, no doodle or ControlNet residuals."""
-    shapes = shapes or ShapeRange()
-    start = time.perf_counter()
+    """:func:`compile_unet` then :func:`apply_compiled`, in one process (a dedicated GPU, the
+    tests); returns the compiled forward, or ``None`` — with a warning, the UNet left eager —
+    when anything fails. On ZeroGPU use the two steps (see :func:`compile_unet`)."""
     try:
-        call = capture_unet_call(pipe, example_call)
-        exported = export_unet(pipe.unet, call, shapes)
-        compiled = compile_exported(exported, package_path)
+        compiled = compile_unet(pipe, example_call, shapes, package_path)
     except Exception as error:  # any failure: stay eager, say why
         logger.warning(
             "ahead-of-time compilation of the UNet failed, so it runs eager: %s: %s",
@@ -222,17 +272,7 @@ def compile_unet_ahead_of_time(
             error,
         )
         return None
-    if drain and on_zerogpu():
-        import spaces
-
-        spaces.aoti_apply(compiled, pipe.unet)
-        logger.info("UNet compiled ahead of time in %.0f s, eager weights drained",
-                    time.perf_counter() - start)
-        return None
-    forward = CompiledUNetForward(pipe.unet, compiled, call, shapes)
-    pipe.unet.forward = forward
-    logger.info("UNet compiled ahead of time in %.0f s (%s)", time.perf_counter() - start, shapes)
-    return forward
+    return apply_compiled(pipe, compiled)
 
 
 def remove_compiled_forward(pipe: Any) -> None:

@@ -8,6 +8,7 @@ The compile takes about 3 minutes of wall time on this project's shared 2-core m
 from __future__ import annotations
 
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -43,10 +44,14 @@ def compiled(tmp_path_factory):
     load_fast_lora(pipe, Settings(tiny=True))
     sizes = [(64, 64, 1), (64, 64, 2), (48, 64, 1), (48, 64, 2)]
     eager = {size: pipe(**_call(*size)).images for size in sizes}
-    forward = aot.compile_unet_ahead_of_time(
+    # The two steps ZeroGPU needs: compile (in the GPU worker), apply (in the main process).
+    compiled = aot.compile_unet(
         pipe, _call(), aot.ShapeRange.for_tiny(), package_path=str(folder / "unet.pt2")
     )
-    assert forward is not None
+    assert pickle.loads(pickle.dumps(compiled.call_spec)) == compiled.call_spec
+    assert (folder / "unet.pt2").is_file()
+    forward = aot.apply_compiled(pipe, compiled)
+    assert forward is not None and pipe.unet.forward is forward
     return pipe, forward, eager
 
 
@@ -73,6 +78,8 @@ def test_fast_mode_and_uncovered_sizes_run_eager(compiled):
     assert forward.compiled_calls == compiled_before + 2
     pipe(**_call(160, 64))
     assert forward.eager_calls == eager_before + fast.fast_mode_of(pipe).steps + 2
+    aot.remove_compiled_forward(pipe)
+    assert "forward" not in pipe.unet.__dict__
 
 
 def test_a_failed_compile_leaves_the_pipeline_eager(tmp_path, monkeypatch, caplog):
