@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     styles.add_argument("--show", action="store_true", help="print each template too")
 
     commands.add_parser("aspect-ratios", help="list the aspect-ratio presets")
+    commands.add_parser(
+        "app", help="launch the web app (the Space's app; app.py's flags, see 'app --help')"
+    )
     return parser
 
 
@@ -149,6 +152,11 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:  # the web app parses its own flags (the settings', as app.py)
+        from .web import main as app_main
+
+        return app_main(argv[1:], prog="photomaker app")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

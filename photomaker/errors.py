@@ -16,6 +16,14 @@ disconnected; nobody needs to be told about it but the log.
 
 from __future__ import annotations
 
+import uuid
+
+
+def new_error_id() -> str:
+    """The id of one server error: 8 hex digits, shown to the user and logged beside the
+    traceback (the one helper the service, the app and the ZeroGPU runtime share)."""
+    return uuid.uuid4().hex[:8]
+
 
 class PhotoMakerError(Exception):
     """Base of every error whose message is meant for the user."""

@@ -581,8 +581,9 @@ def test_queue_overflow_is_refused_with_a_message(photos):
         assert not running.done(), "the long job ended before the queue was full"
         time.sleep(0.05)
     extra = _submit(extra_client, photos["faces"], seed=7, steps=1)
-    with pytest.raises(QueueError, match="(?i)queue is full"):
+    with pytest.raises(QueueError) as refused:  # Gradio's own type; its wording is Gradio's
         extra.result(timeout=60)
+    assert str(refused.value).strip(), "the refusal came without a message"
     assert not running.done(), "the long job ended before the refusal: nothing was shown"
     running.cancel()
     gallery, seed = waiting.result(timeout=300)

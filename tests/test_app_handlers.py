@@ -18,7 +18,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-import app
+from photomaker import params
+from photomaker import web as app
 from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMakerServerError
 from photomaker.metadata import build_metadata, save_png
 from photomaker.service import GenerationResult
@@ -225,8 +226,8 @@ def test_the_page_sends_its_sketch_only_when_the_doodle_is_enabled(tmp_path, mon
 
 # --------------------------------------------------------------------------- input checks
 
-STEPS = app.Param("steps", "Steps", "integer", 1, 100)
-SEED = app.Param("seed", "Seed", "integer", 0, 2**31 - 1, optional=True)
+STEPS = params.param("steps")
+SEED = params.param("seed")
 
 
 @pytest.mark.parametrize(
@@ -235,13 +236,13 @@ SEED = app.Param("seed", "Seed", "integer", 0, 2**31 - 1, optional=True)
         (STEPS, 30, 30),
         (STEPS, 30.0, 30),
         (SEED, None, None),
-        (app.Param("g", "G", "number", 0, 20), 7, 7.0),
-        (app.Param("r", "R", "bool"), False, False),
-        (app.Param("s", "S", "choice", choices=("a", "b")), "b", "b"),
+        (params.Param("g", "number", "G", "", low=0, high=20), 7, 7.0),
+        (params.Param("r", "bool", "R", ""), False, False),
+        (params.Param("s", "choice", "S", "", choices=("a", "b")), "b", "b"),
     ],
 )
 def test_good_values_pass(param, value, expected):
-    assert app.check_value(param, value) == expected
+    assert params.check_value(param, value) == expected
 
 
 @pytest.mark.parametrize(
@@ -254,16 +255,16 @@ def test_good_values_pass(param, value, expected):
         (STEPS, True, "got True"),
         (STEPS, 0, "from 1 to 100, got 0"),
         (SEED, 1.5, "whole number"),
-        (app.Param("r", "Randomize seed", "bool"), 1, "true or false"),
-        (app.Param("s", "Style", "choice", choices=("a",)), None, "required"),
-        (app.Param("p", "Prompt", "text"), "x" * 5000, "too long"),
+        (params.Param("r", "bool", "Randomize seed", ""), 1, "true or false"),
+        (params.Param("s", "choice", "Style", "", choices=("a",)), None, "required"),
+        (params.Param("p", "text", "Prompt", ""), "x" * 5000, "too long"),
     ],
 )
 def test_bad_values_name_the_parameter(param, value, message):
     with pytest.raises(
         PhotoMakerInputError, match=rf"^{param.label} \({param.name}\): .*{message}"
     ):
-        app.check_value(param, value)
+        params.check_value(param, value)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import torch
 from bench import common, flops, gpu, plot, sdxl_configs
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFESTS = ROOT.parent / "shared" / "reference"
+MANIFESTS = ROOT / "tests" / "data"
 
 
 def meta_parameters(module: torch.nn.Module) -> int:
@@ -39,10 +39,9 @@ def test_configs_build_at_the_published_sizes():
     lora = common.lora_state_dict(built["unet"], sdxl_configs.PHOTOMAKER_LORA_RANK, device=meta)
     assert len(lora) == 1120
     assert sum(t.numel() for t in lora.values()) == sdxl_configs.PHOTOMAKER_PARAMETERS["lora"]
-    manifest = MANIFESTS / "photomaker.lora_weights.keys.json"
-    if manifest.is_file():  # the released layout, key by key
-        expected = {k: v["shape"] for k, v in json.loads(manifest.read_text())["keys"].items()}
-        assert {k: list(t.shape) for k, t in lora.items()} == expected
+    manifest = MANIFESTS / "photomaker.lora_weights.keys.json"  # the released layout
+    expected = {k: v["shape"] for k, v in json.loads(manifest.read_text())["keys"].items()}
+    assert {k: list(t.shape) for k, t in lora.items()} == expected
 
 
 def test_call_shapes():

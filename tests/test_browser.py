@@ -61,7 +61,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
     sync_api.expect.set_options(timeout=60_000)  # generation runs on 2 CPU cores
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
@@ -159,6 +159,7 @@ def draw(page, selector: str, strokes: list[list[tuple[float, float]]]) -> None:
     """Draw ``strokes`` (points as fractions of the drawing surface) on a Sketchpad."""
     page.locator(selector).scroll_into_view_if_needed()
     canvas = page.locator(f"{selector} canvas").first
+    blank = canvas.screenshot()
     box = canvas.bounding_box()
     side = min(box["width"], box["height"])  # the square canvas, centred
     x0, y0 = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
@@ -169,6 +170,13 @@ def draw(page, selector: str, strokes: list[list[tuple[float, float]]]) -> None:
         for x, y in rest:
             page.mouse.move(x0 + x * side, y0 + y * side, steps=6)
         page.mouse.up()
+    # Under load the editor paints the strokes late; Generate sends what it has painted, so
+    # wait until the strokes are on the canvas (a person sees them before clicking, too).
+    deadline = time.monotonic() + 30
+    while canvas.screenshot() == blank:
+        assert time.monotonic() < deadline, "the strokes never appeared on the Sketchpad"
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(300)  # the last stroke's end, after its first pixels
 
 
 def in_view(page, selector: str) -> bool:

@@ -495,10 +495,9 @@ def test_providers_prefer_cuda_unless_cpu_is_forced(monkeypatch, pack):
 
 @pytest.mark.slow
 def test_v2_end_to_end_on_the_tiny_pipeline(analyzer, tmp_path):
-    tiny = pytest.importorskip("photomaker.tiny")
-    if not hasattr(tiny, "build_tiny_pipeline"):
-        pytest.skip("photomaker.tiny.build_tiny_pipeline is not there yet")
     import torch
+
+    from photomaker import tiny
 
     photos = load_id_images([EXAMPLES[0], photo(), ImageOps.mirror(Image.open(EXAMPLES[0]))])
     kept = keep_photos_with_faces(photos, analyzer.analyze(photos))
@@ -526,5 +525,6 @@ def test_v2_end_to_end_on_the_tiny_pipeline(analyzer, tmp_path):
 
 
 def test_tiny_module_offers_build_face_pack():
-    tiny = pytest.importorskip("photomaker.tiny")
+    from photomaker import tiny
+
     assert tiny.build_face_pack is build_face_pack

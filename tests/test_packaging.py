@@ -29,7 +29,6 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> Path:
     """The package built the way pip builds a release (sdist, then a wheel from it) and
     installed into a folder of its own."""
-    pytest.importorskip("setuptools")
     tmp = tmp_path_factory.mktemp("packaging")
     checkout = tmp / "checkout"
     checkout.mkdir()
@@ -59,6 +58,9 @@ def installed(tmp_path_factory) -> Path:
     wheel = next(wheels.glob("photomaker_open-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert "photomaker/style_templates.json" in archive.namelist()
+        for name in ("web/layout.py", "web/static/app.css", "web/static/toast.css",
+                     "web/static/pick_the_brush.js", "service/core.py", "params.py"):
+            assert f"photomaker/{name}" in archive.namelist(), name  # the app ships whole
         entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
         assert "photomaker = photomaker.cli:main" in archive.read(entry_points).decode()
     site = tmp / "site"
@@ -100,3 +102,18 @@ def test_installed_package_generates_in_tiny_mode(installed, tmp_path):
     )  # fmt: skip
     assert proc.stdout.splitlines()[0] == "seed: 3"
     assert (out / "photomaker-3-1.png").is_file()
+
+
+@pytest.mark.slow
+def test_installed_package_builds_the_app(installed, tmp_path):
+    """`photomaker app` from a plain install: the same app, its look read from the package."""
+    env = {**os.environ, "PYTHONPATH": str(installed), "HF_HUB_OFFLINE": "1"}
+    code = (
+        "import photomaker.web as w, photomaker.web.look as look; from photomaker.settings "
+        "import Settings; demo = w.create_app(Settings(tiny=True)); "
+        "print(look.STATIC); print('#photo-view' in look.css())"
+    )
+    static, has_css = run([sys.executable, "-c", code], cwd=tmp_path, env=env).stdout.split()[-2:]
+    assert Path(static).is_relative_to(installed) and has_css == "True"
+    usage = cli(installed, "app", "--help", cwd=tmp_path).stdout
+    assert "photomaker app" in usage and "--tiny" in usage

@@ -198,9 +198,9 @@ def test_multi_controlnet_runs_and_checks_its_inputs(cache_dir, plain_images):
     )
     assert images.shape == (2, SIZE, SIZE, 3) and np.isfinite(images).all()
     assert np.abs(images[:1] - plain_images).max() > 1e-3
-    with pytest.raises(TypeError, match="must be type `list`"):
+    with pytest.raises(TypeError, match="image"):
         generate(multi, image=picture(5))
-    with pytest.raises(ValueError, match="cannot be larger or equal"):
+    with pytest.raises(ValueError, match="(?i)control.guidance"):
         generate(
             multi,
             image=[picture(5), picture(6)],

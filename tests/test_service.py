@@ -17,12 +17,12 @@ from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMa
 from photomaker.loading import build_analyzer, build_pipeline, build_service
 from photomaker.service import (
     ASPECT_RATIOS,
-    GPU_LOCK,
     MAX_NEGATIVE_PROMPT_CHARS,
     MAX_PROMPT_CHARS,
     GenerationRequest,
     PhotoMakerService,
     free_memory,
+    gpu_lock,
     log_head,
     merge_step,
     size_for,
@@ -181,7 +181,7 @@ def test_estimate_seconds_grows_with_the_work(service):
     job, _ = service.prepare(request(steps=20, num_outputs=1))
     small = service.estimate_seconds(job)
     job.steps, job.num_outputs, job.width, job.height = 50, 4, 1024, 1024
-    assert 20 <= small < service.estimate_seconds(job) <= 240
+    assert 1 <= small < 30 < service.estimate_seconds(job) <= 300
 
 
 def test_v1_needs_no_face_analyzer_and_crop_mode_uses_it():
@@ -347,7 +347,7 @@ def test_a_job_cancelled_before_it_runs_never_enters_the_pipeline(service):
 def test_a_job_cancelled_while_waiting_for_the_gpu_leaves_the_queue(service):
     job, _ = service.prepare(request())
     cancel = threading.Event()
-    with GPU_LOCK:  # another job holds the GPU
+    with gpu_lock(service.pipe):  # another job holds this pipeline
         waiting = _Job("waiting", lambda: service.run_job(job, cancel=cancel))
         waiting.start()
         cancel.set()
@@ -405,7 +405,7 @@ def test_out_of_memory_is_a_clear_message_and_the_next_request_is_served(
     service, monkeypatch, stage, oom
 ):
     freed = []
-    monkeypatch.setattr("photomaker.service.free_memory", lambda: freed.append(True))
+    monkeypatch.setattr("photomaker.service.runtime.free_memory", lambda: freed.append(True))
     with monkeypatch.context() as patch:
         _fail_in(patch, service, stage, oom)
         with pytest.raises(PhotoMakerServerError) as err:
@@ -501,8 +501,11 @@ def test_only_the_head_of_a_long_prompt_is_logged(service, caplog):
     assert len(prompt) < MAX_PROMPT_CHARS
     with caplog.at_level(logging.DEBUG, "photomaker"):
         service.generate(request(prompt=prompt))
-    assert any("a photo of a man img" in r.getMessage() for r in caplog.records)
-    assert max(len(r.getMessage()) for r in caplog.records) < 600
+    # Only the project's own records: a library's warning (diffusers quotes the whole
+    # truncated prompt, for one) is that library's business and changes with its releases.
+    ours = [r for r in caplog.records if r.name == "photomaker" or r.name.startswith("photomaker.")]
+    assert any("a photo of a man img" in r.getMessage() for r in ours)
+    assert max(len(r.getMessage()) for r in ours) < 600
     assert log_head("x" * 500, 100).endswith("… (+400 characters)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,9 +122,16 @@ def test_device_and_dtype_resolution(monkeypatch):
 
 
 def test_settings_table_lists_every_setting():
+    """The README's table is ``settings_table()``'s output, row for row (regenerate it with
+    ``python scripts/update_readme.py`` after changing a setting)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     table = settings_table()
-    for field in FIELDS:
-        assert field.flag in table and field.env in table
+    header = table.splitlines()[0]
+    assert header in readme, "the README has no settings table"
+    start = readme.index(header)
+    end = readme.find("\n\n", start)
+    assert readme[start:end] == table
+    assert len(table.splitlines()) == len(FIELDS) + 2
 
 
 def test_memory_modes_and_the_low_vram_alias():
