@@ -112,7 +112,7 @@ def test_run_specs_and_plan():
         "full/eager/50x4",
     )
     assert gpu.RunSpec.parse("model-offload/unet/20").name == "model-offload/unet/20"
-    for bad in ("full/eager/50", "gpu/eager/50x1", "full/fast/50x1", "full/eager/0x1", "full"):
+    for bad in ("full/eager/50", "gpu/eager/50x1", "full/turbo/50x1", "full/eager/0x1", "full"):
         with pytest.raises(Exception, match="MODE|mode"):
             gpu.RunSpec.parse(bad)
     specs = [gpu.RunSpec.parse(s) for s in (
@@ -142,8 +142,12 @@ def test_run_specs_and_plan():
         "float32",
         "eager",
     )
-    assert all(s.steps <= 3 and s.images <= 2 for s in dry.plan)
-    assert len({s.name for s in dry.plan}) == len(dry.plan)  # 50x1 and 30x1 both became 3x1: once
+    # Fast runs keep the mode's steps; the AOT run (minutes of CPU compile) is left out.
+    assert all(s.steps <= 3 or "fast" in s.backend for s in dry.plan)
+    assert all(s.images <= 2 for s in dry.plan) and all(s.backend != "aot" for s in dry.plan)
+    assert len({s.name for s in dry.plan}) == len(dry.plan)
+    twice = gpu.parse_args(["--dry-run", "--plan", "full/eager/50x1,full/eager/30x1"]).plan
+    assert [s.name for s in twice] == ["full/eager/3x1"]  # both became 3x1: run once
     custom = gpu.parse_args(
         ["--plan", "full/eager/30x1, model-offload/eager/50x1", "--out-dir", "/x"]
     )
@@ -294,3 +298,28 @@ def test_gpu_script_dry_run_without_gradio_insightface_open_clip(tmp_path):
     assert two["tflop"] > 0 and "dry-run mode" in (tmp_path / "results-gpu.md").read_text()
     assert "blocked" not in proc.stdout + proc.stderr
     plot.plot(plot.load([tmp_path / "results-gpu.json"]), tmp_path / "gpu.png")
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_of_the_issue_16_runs(tmp_path):
+    """Fast mode, the fp8 and group-offload modes and the interleaved A/B run on tiny models;
+    the results file has the ratio table and the A/B section in words."""
+    plan = "full/eager/2x1,full/fast/8x1,fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER, "--dry-run", "--plan", plan, "--warmup-steps", "1",
+         "--out-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results-gpu.json").read_text())
+    by_name = {r["name"]: r for r in data["runs"]}
+    assert all(r["status"] == "ok" for r in data["runs"]), [r.get("error") for r in data["runs"]]
+    fast_run = by_name["full/fast/8x1"]
+    assert fast_run["num_inference_steps"] == 8 and fast_run["steps_measured"] == 8
+    assert fast_run["guidance_scale"] == 0.0 and fast_run["fast_layers"] > 50
+    ab = by_name["full/ab/2x1"]
+    assert ab["variants"] == ["ours-v1", "ours-v2", "ours-v2-fast"] and ab["baseline"] == "ours-v1"
+    assert set(ab["spread_vs_baseline"]) == {"ours-v2", "ours-v2-fast"}
+    text = (tmp_path / "results-gpu.md").read_text()
+    assert "### Ratios to full/eager/2x1" in text and "| full/fast/8x1 |" in text
+    assert "interleaved rounds; per-round ratios" in text and "reference-v1: not run" in text

@@ -14,7 +14,12 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from photomaker.settings import DEFAULT_BASE_MODEL, DEFAULT_DOODLE_ADAPTER, OFFICIAL_CHECKPOINTS
+from photomaker.settings import (
+    DEFAULT_BASE_MODEL,
+    DEFAULT_DOODLE_ADAPTER,
+    DEFAULT_FAST_LORA,
+    OFFICIAL_CHECKPOINTS,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What Hugging Face's ZeroGPU page says (source and date inside the file).
@@ -106,3 +111,5 @@ def test_default_weights_are_preloaded():
     repo, weight = OFFICIAL_CHECKPOINTS["v2"]  # the default version
     assert repo in repos and weight in repos[repo][0].split(",")
     assert repos.get(DEFAULT_DOODLE_ADAPTER) == []  # the doodle's adapter, the whole repo
+    fast_repo, fast_file = DEFAULT_FAST_LORA.rsplit("/", 1)  # the fast mode's LoRA, one file
+    assert repos.get(fast_repo) == [fast_file]

@@ -375,7 +375,7 @@ class PhotoMakerService:
     def estimate_seconds(self, job: GenerationJob) -> int:
         """ZeroGPU's ``duration`` for this job, from its FLOPs: see
         :func:`photomaker.zerogpu.gpu_duration`."""
-        from .zerogpu import gpu_duration
+        from ..zerogpu import gpu_duration
 
         return gpu_duration(job)
 

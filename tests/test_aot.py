@@ -1,0 +1,108 @@
+"""Ahead-of-time compiled UNet (photomaker/aot.py) on the tiny pipeline on the CPU:
+AOTInductor output equals eager within 1e-4 (max abs, images in [0, 1]) at two sizes and two
+image counts from one dynamic-shape graph; fast mode and failures fall back to eager.
+
+The compile takes about 3 minutes of wall time on this project's shared 2-core machine
+(≈ 85 s of CPU): marked slow."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from photomaker import aot, fast
+from photomaker.loading import load_fast_lora
+from photomaker.settings import Settings
+from photomaker.tiny import build_tiny_pipeline
+
+TOLERANCE = 1e-4
+PHOTO = Image.new("RGB", (64, 64), (150, 110, 90))
+
+
+def _call(height: int = 64, width: int = 64, images: int = 1) -> dict:
+    return dict(
+        prompt="a photo of a man img",
+        input_id_images=[PHOTO],
+        height=height,
+        width=width,
+        num_images_per_prompt=images,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+    )
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("aot")
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+    load_fast_lora(pipe, Settings(tiny=True))
+    sizes = [(64, 64, 1), (64, 64, 2), (48, 64, 1), (48, 64, 2)]
+    eager = {size: pipe(**_call(*size)).images for size in sizes}
+    # The two steps ZeroGPU needs: compile (in the GPU worker), apply (in the main process).
+    compiled = aot.compile_unet(
+        pipe, _call(), aot.ShapeRange.for_tiny(), package_path=str(folder / "unet.pt2")
+    )
+    assert pickle.loads(pickle.dumps(compiled.call_spec)) == compiled.call_spec
+    assert (folder / "unet.pt2").is_file()
+    forward = aot.apply_compiled(pipe, compiled)
+    assert forward is not None and pipe.unet.forward is forward
+    return pipe, forward, eager
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager_at_two_sizes_and_two_image_counts(compiled):
+    pipe, forward, eager = compiled
+    for size, expected in eager.items():
+        before = forward.compiled_calls
+        images = pipe(**_call(*size)).images
+        assert forward.compiled_calls == before + 2, size  # both steps ran the graph
+        assert np.abs(images - expected).max() <= TOLERANCE, size
+    assert forward.eager_calls == 0
+
+
+@pytest.mark.slow
+def test_fast_mode_and_uncovered_sizes_run_eager(compiled):
+    pipe, forward, _ = compiled
+    eager_before = forward.eager_calls
+    with fast.generation_mode(pipe, True) as overrides:
+        pipe(**{**_call(), **overrides})
+    assert forward.eager_calls == eager_before + fast.fast_mode_of(pipe).steps
+    compiled_before = forward.compiled_calls
+    pipe(**_call(96, 96))  # latent 48² is within range; 160 px (latent 80) is not
+    assert forward.compiled_calls == compiled_before + 2
+    pipe(**_call(160, 64))
+    assert forward.eager_calls == eager_before + fast.fast_mode_of(pipe).steps + 2
+    aot.remove_compiled_forward(pipe)
+    assert "forward" not in pipe.unet.__dict__
+
+
+def test_a_failed_compile_leaves_the_pipeline_eager(tmp_path, monkeypatch, caplog):
+    pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
+    expected = pipe(**_call()).images
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(aot, "compile_exported", broken)
+    with caplog.at_level(logging.WARNING, logger="photomaker.aot"):
+        assert aot.compile_unet_ahead_of_time(pipe, _call(), aot.ShapeRange.for_tiny()) is None
+    assert "runs eager" in caplog.text and "no C++ compiler" in caplog.text
+    assert "forward" not in pipe.unet.__dict__
+    assert np.array_equal(pipe(**_call()).images, expected)
+
+
+def test_the_dynamic_shapes_cover_batch_and_latent_sides(tmp_path):
+    pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
+    call = aot.capture_unet_call(pipe, _call())
+    assert "forward" not in pipe.unet.__dict__  # the capture put the forward back
+    specs = aot.dynamic_shapes(pipe.unet, call, aot.ShapeRange.for_tiny())
+    assert set(specs["sample"]) == {0, 2, 3}
+    assert set(specs["encoder_hidden_states"]) == {0}
+    assert set(specs["added_cond_kwargs"]["time_ids"]) == {0}
+    assert specs["timestep"] is None and specs["return_dict"] is None
