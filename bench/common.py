@@ -214,6 +214,41 @@ def versions() -> dict[str, str]:
     return found
 
 
+def paired_spread(a: list[float], b: list[float]) -> dict:
+    """Interleaved A/B rounds → the per-round ratios B / A and their spread (median, min, max,
+    quartiles), so a reader can tell a gain from noise: a range that contains 1 is no gain."""
+    import statistics
+
+    ratios = sorted(y / x for x, y in zip(a, b, strict=True))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "rounds": len(ratios),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+        "ratio_q1": q[0],
+        "ratio_q3": q[2],
+        "a_median": statistics.median(a),
+        "b_median": statistics.median(b),
+    }
+
+
+def spread_sentence(spread: dict, a: str, b: str) -> str:
+    """One sentence from :func:`paired_spread`'s figures: the ratio, its range, the verdict."""
+    low, high = spread["ratio_min"], spread["ratio_max"]
+    if low <= 1 <= high:
+        verdict = "the range contains 1: no measurable difference"
+    elif high < 1:
+        verdict = f"{b} faster in every round"
+    else:
+        verdict = f"{b} slower in every round"
+    return (
+        f"{b} / {a} = {spread['ratio_median']:.3f} (median of {spread['rounds']} interleaved "
+        f"rounds; per-round ratios {low:.3f}–{high:.3f}, quartiles {spread['ratio_q1']:.3f}–"
+        f"{spread['ratio_q3']:.3f}): {verdict}."
+    )
+
+
 def say(*parts) -> None:
     """Progress for the person running a benchmark: stdout, flushed at once."""
     print(*parts, flush=True)  # noqa: T201

@@ -7,7 +7,8 @@ rank-to-width ratio), all random weights, fp32. The reference is the published V
 implementation (``photomakerv==0.1.0`` unpacked in ``.oracle/``, imported as in
 ``tests/reference.py``) with its own ID encoder class, on the same components and weights; it
 runs the LoRA as loaded (unfused), ours fused. The official V2 code is not available here: its
-text-encoding cost is derived from its call shape (8 passes) and the measured time per pass.
+text-encoding cost is derived from its call shape (``bench/flops.py``) and the measured
+time per pass.
 
 Every stage is timed by forward hooks (wall time) on the modules that do its work: the two
 text encoders (text), the ID encoder's vision tower, projections, perceiver and fuse module (ID),
@@ -226,6 +227,31 @@ def measure_pairs(pipes: dict, args, photo) -> dict:
     return results
 
 
+def reference_v2_text_passes() -> int:
+    """Text-encoder passes of the official V2 call with a negative prompt, counting each of
+    the two encoders' passes as the stage timer does (its call shape, bench/flops.py: the V2
+    code cannot run here)."""
+    from bench import flops
+
+    return 2 * flops.call_shape("reference", 1, 1, 1).text_encoder_passes
+
+
+def full_size_lora_cost(path: Path | None = None) -> dict | None:
+    """What the unfused LoRA adds to one full-size UNet step, from ``results-flops.json``
+    (``bench/flops.py``): FLOPs share and extra compute ops; ``None`` when it is absent."""
+    path = path or Path(__file__).resolve().parent / "results-flops.json"
+    try:
+        calls = json.loads(path.read_text())["unet_call"]
+        fused, unfused = calls["ours (LoRA fused)"], calls["reference (LoRA unfused)"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return {
+        "source": path.name,
+        "flops_share": unfused["flops"] / fused["flops"] - 1,
+        "extra_compute_ops": unfused["compute_ops"] - fused["compute_ops"],
+    }
+
+
 def measure(args) -> dict:
     load = os.getloadavg()
     started = time.perf_counter()
@@ -287,6 +313,8 @@ def measure(args) -> dict:
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "small_unet_step_flops": unet_flops,
+        "reference_v2_text_passes": reference_v2_text_passes(),
+        "full_size_lora_cost": full_size_lora_cost(),
         "pairs": pairs,
         "settings": {"steps": args.steps, "image_size": args.image_size, "repeats": args.repeats,
                      "pairs": args.pairs,
@@ -339,6 +367,17 @@ def markdown(data: dict) -> str:
     row("VAE decode, s", lambda m: f"{m['vae']:.2f}")
     row("other, s", lambda m: f"{m['other']:.2f}")
     row("**total, s**", lambda m: f"**{m['total']:.2f}**")
+    samples = data.get("samples", {})
+    lines.append(
+        "| total, min – max over rounds | "
+        + " | ".join(
+            f"{min(r['total'] for r in samples[c]):.2f} – {max(r['total'] for r in samples[c]):.2f}"
+            if samples.get(c)
+            else "-"
+            for c in cols
+        )
+        + " |"
+    )
 
     pairs = data.get("pairs", {})
     f = data.get("small_unet_step_flops", {})
@@ -378,22 +417,40 @@ def markdown(data: dict) -> str:
     lines += ["", "## Ours against the reference", ""]
     if ref:
         per_pass = ours["text_per_pass"]
-        lines += [
-            f"- Text encoding: ours {ours['calls']['text']} passes per call, the reference V1"
-            f" {ref['calls']['text']}: the same call shape (a pass takes the same time in both: it is"
-            " the same encoder). The official V2 code encodes the negative prompt twice, 8 passes:"
-            f" about {8 * per_pass:.2f} s at the measured {per_pass:.3f} s per pass, against ours"
-            f" {ours['calls']['text']} passes ({6 * per_pass:.2f} s), i.e. 25% less text encoding.",
-        ]
+        ours_passes = ours["calls"]["text"]
+        v2_passes = data.get("reference_v2_text_passes")
+        lines.append(
+            f"- Text encoding: ours {ours_passes} passes per call, the reference V1"
+            f" {ref['calls']['text']}"
+            + (": the same call shape" if ours_passes == ref["calls"]["text"] else "")
+            + " (a pass takes the same time in both: it is the same encoder)."
+        )
+        if v2_passes:
+            saved = 1 - ours_passes / v2_passes
+            lines[-1] += (
+                f" The official V2 call shape has {v2_passes} passes (bench/flops.py): about"
+                f" {v2_passes * per_pass:.2f} s at the measured {per_pass:.3f} s per pass, against"
+                f" ours {ours_passes} ({ours_passes * per_pass:.2f} s), i.e. "
+                + (f"{saved:.0%} less" if saved > 0 else f"{-saved:.0%} more")
+                + " text encoding."
+            )
         if "unet_step_fused_vs_unfused" in pairs:
             r = pairs["unet_step_fused_vs_unfused"]
+            cost = data.get("full_size_lora_cost")
             lines.append(
                 f"- UNet step: ours (LoRA fused) / the reference (LoRA unfused) ="
-                f" {r['ratio_median']:.3f} on this UNet (paired), {predicted['unet_step_fused_vs_unfused']}:"
-                " the unfused LoRA also costs its extra small operations (two matmuls, a scaling and an"
-                " add per adapted projection), which weigh more than their FLOPs on a CPU and a small"
-                " UNet. At full size the unfused LoRA adds 2.4% of the UNet's FLOPs and 1,120 matmuls to"
-                " every step (results-flops.md)."
+                f" {r['ratio_median']:.3f} on this UNet (paired, quartiles"
+                f" {r['ratio_q1']:.3f}–{r['ratio_q3']:.3f}),"
+                f" {predicted['unet_step_fused_vs_unfused']}: the unfused LoRA also costs its extra"
+                " small operations (two matmuls, a scaling and an add per adapted projection),"
+                " which weigh more than their FLOPs on a CPU and a small UNet."
+                + (
+                    f" At full size the unfused LoRA adds {cost['flops_share']:.1%} of the UNet's"
+                    f" FLOPs and {cost['extra_compute_ops']:,} compute ops to every step"
+                    f" ({cost['source']})."
+                    if cost
+                    else ""
+                )
             )
         if "id_encoding_ours_vs_reference" in pairs:
             r = pairs["id_encoding_ours_vs_reference"]
@@ -432,7 +489,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only rewrite the markdown from a results JSON (adds the derived figures it lacks)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        data.setdefault("reference_v2_text_passes", reference_v2_text_passes())
+        data.setdefault("full_size_lora_cost", full_size_lora_cost())
+        (args.out_dir / "results-cpu.md").write_text(markdown(data))
+        return 0
     torch.set_num_threads(args.threads)
     data = measure(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)

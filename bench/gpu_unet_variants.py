@@ -39,7 +39,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--ab", type=int, default=0, help="interleaved A/B rounds instead")
+    parser.add_argument("--render-ab", type=Path, metavar="JSON", help="rewrite results-gpu-ab.md")
     cli = parser.parse_args()
+    if cli.render_ab:
+        data = json.loads(cli.render_ab.read_text())
+        (cli.out_dir / "results-gpu-ab.md").write_text(ab_markdown(data))
+        return 0
     if cli.ab:
         return ab(cli)
     args = gpu.parse_args(["--out-dir", str(cli.out_dir)])
@@ -118,11 +123,28 @@ def ab(cli) -> int:
     ratio = medians["tuned"] / medians["plain"]
     common.say(f"median ms/step plain {medians['plain'] * 1000:.2f}, tuned "
                f"{medians['tuned'] * 1000:.2f}, ratio {ratio:.3f}; rounds {times}")
-    (cli.out_dir / "results-gpu-ab.json").write_text(
-        json.dumps({"device": torch.cuda.get_device_name(), "rounds": times,
-                    "median_s": medians, "ratio": ratio}, indent=2)
-    )
+    data = {"device": torch.cuda.get_device_name(), "rounds": times, "median_s": medians,
+            "ratio": ratio, "spread": common.paired_spread(times["plain"], times["tuned"])}
+    (cli.out_dir / "results-gpu-ab.json").write_text(json.dumps(data, indent=2))
+    (cli.out_dir / "results-gpu-ab.md").write_text(ab_markdown(data))
     return 0
+
+
+def ab_markdown(data: dict) -> str:
+    """The A/B result in words, from its rounds (with their spread)."""
+    rounds = data["rounds"]
+    spread = data.get("spread") or common.paired_spread(rounds["plain"], rounds["tuned"])
+    return "\n".join([
+        f"# UNet step A/B on {data['device']}: plain against cudnn.benchmark + channels_last",
+        "",
+        f"Median ms per step: plain {spread['a_median'] * 1000:.1f}, tuned "
+        f"{spread['b_median'] * 1000:.1f}. "
+        + common.spread_sentence(spread, "plain", "tuned"),
+        "",
+        "Rounds, ms: plain " + ", ".join(f"{t * 1000:.1f}" for t in rounds["plain"])
+        + "; tuned " + ", ".join(f"{t * 1000:.1f}" for t in rounds["tuned"]) + ".",
+        "",
+    ])
 
 
 if __name__ == "__main__":

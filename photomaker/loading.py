@@ -120,6 +120,12 @@ def load_fp16_vae(pipe: Any, settings: Settings) -> Any:
 OFFLOAD_VAE_TILE = 512
 
 
+#: The memory modes that store the UNet's weights in float8 (compute stays in the run dtype).
+FP8_MODES = ("fp8", "group-offload-fp8")
+#: The memory modes that use diffusers' group offloading.
+GROUP_OFFLOAD_MODES = ("group-offload", "group-offload-fp8")
+
+
 def place(pipe: Any, settings: Settings) -> Any:
     """Put the pipeline on its device in the chosen memory mode.
 
@@ -127,16 +133,81 @@ def place(pipe: Any, settings: Settings) -> Any:
     * ``model-offload``: each model visits the GPU while it runs (diffusers'
       ``enable_model_cpu_offload``); VAE decoded in 512-px tiles, one image at a time.
     * ``sequential-offload``: layer by layer (``enable_sequential_cpu_offload``); same VAE.
+    * ``fp8``: full, with the UNet's weights stored in ``float8_e4m3fn`` and cast to the run
+      dtype layer by layer as it computes (:func:`enable_fp8_storage`).
+    * ``group-offload``: diffusers' group offloading, block by block, the next block's
+      transfer overlapped with compute on a CUDA stream (:func:`enable_group_offload`); same
+      VAE as the offload modes. ``group-offload-fp8``: both.
+
+    On the CPU every mode is ``full`` (nothing to offload to), except that the fp8 modes
+    still store the UNet in float8 (so the numerical effect can be seen anywhere).
     """
     device = settings.resolved_device()
-    if settings.memory == "full" or device == "cpu":
+    if settings.memory in FP8_MODES:
+        enable_fp8_storage(pipe.unet, settings.resolved_dtype())
+    if settings.memory in ("full", "fp8") or device == "cpu":
         pipe.to(device)
         return pipe
     if settings.memory == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
+    elif settings.memory in GROUP_OFFLOAD_MODES:
+        enable_group_offload(pipe, device)
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     configure_offload_vae(pipe.vae)
+    return pipe
+
+
+#: Parts of the UNet whose weights stay in the run dtype under fp8 storage: diffusers' own
+#: list for UNet2DConditionModel (norms, embeddings, conv_in/out), plus LoRA side matrices
+#: (the fast adapter's: rank-64 factors are small and their precision matters).
+FP8_SKIP_EXTRA = ("lora_",)
+
+
+def fp8_storage_settings(unet: Any, compute_dtype: torch.dtype) -> dict[str, Any]:
+    """The arguments :func:`enable_fp8_storage` passes to diffusers'
+    ``enable_layerwise_casting`` (tests check what the mode claims from this)."""
+    default = tuple(getattr(unet, "_skip_layerwise_casting_patterns", None) or ())
+    return {
+        "storage_dtype": torch.float8_e4m3fn,
+        "compute_dtype": compute_dtype,
+        "skip_modules_pattern": default + FP8_SKIP_EXTRA,
+    }
+
+
+def enable_fp8_storage(unet: Any, compute_dtype: torch.dtype) -> Any:
+    """Store the UNet's weights in float8 (e4m3) and compute in ``compute_dtype``: about
+    half the UNet's bytes in bf16 (SDXL: 5.13 GB → ≈ 2.6 GB, an estimate from the parameter
+    count; the measured figure is bench/gpu.py's), one cast per layer per call."""
+    logger.info("UNet weights stored in float8_e4m3fn, computed in %s", compute_dtype)
+    unet.enable_layerwise_casting(**fp8_storage_settings(unet, compute_dtype))
+    return unet
+
+
+def group_offload_settings(device: str | torch.device) -> dict[str, Any]:
+    """The arguments :func:`enable_group_offload` passes to diffusers'
+    ``enable_group_offload``: one block per group, the next one prefetched on a CUDA stream
+    (streams exist only on CUDA; elsewhere transfers are synchronous)."""
+    device = torch.device(device)
+    stream = device.type == "cuda"
+    return {
+        "onload_device": device,
+        "offload_device": torch.device("cpu"),
+        "offload_type": "block_level",
+        "num_blocks_per_group": 1,
+        "use_stream": stream,
+        "non_blocking": stream,
+        "record_stream": stream,
+    }
+
+
+def enable_group_offload(pipe: Any, device: str | torch.device) -> Any:
+    """diffusers' group offloading for every model of the pipeline (the UNet, the text
+    encoders, the VAE, the ID encoder): weights live in CPU memory and visit the GPU a block
+    at a time; with ``use_stream`` the next block is copied while the current one computes."""
+    kwargs = group_offload_settings(device)
+    logger.info("group offloading: %s", kwargs)
+    pipe.enable_group_offload(**kwargs)
     return pipe
 
 
@@ -244,6 +315,56 @@ def load_controlnet(settings: Settings) -> Any | None:
     return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet (--controlnet)")
 
 
+def tiny_fast_lora_file(settings: Settings) -> Path:
+    """The tiny distillation LoRA (released layout) on disk, written once per process."""
+    from .tiny import write_tiny_fast_lora
+
+    folder = Path(os.environ.get("PHOTOMAKER_TINY_CACHE") or tempfile.gettempdir())
+    path = folder / "photomaker-tiny" / f"tiny-fast-lora-{os.getpid()}.safetensors"
+    if not path.is_file():
+        write_tiny_fast_lora(path)
+    return path
+
+
+def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
+    """Attach the fast mode's distillation LoRA (:mod:`photomaker.fast`); returns its
+    :class:`~photomaker.fast.FastMode`, or ``None`` when the mode is hidden.
+
+    Tiny mode loads a tiny LoRA in the released layout (whatever LoRA is named, unless it is
+    ``none``), from a file, through the same path. A LoRA named in the settings must load
+    (else :class:`PhotoMakerInputError`); the default one is optional: where it is neither in
+    the Hugging Face cache nor downloadable, the fast mode is off, with a warning."""
+    from . import fast
+
+    location = settings.fast_lora_location
+    if location is None:
+        return None
+    mode = fast.mode_for(location)
+    if settings.tiny:
+        return fast.attach_fast_lora(pipe, str(tiny_fast_lora_file(settings)), mode=mode)
+    if settings.fast_lora_required:
+        try:
+            return fast.attach_fast_lora(pipe, location, mode=mode)
+        except (OSError, ValueError) as error:
+            raise PhotoMakerInputError(
+                f"Could not load the fast LoRA {location!r} ({error}). Give a hub id or "
+                "owner/repo/file.safetensors that is in the Hugging Face cache or can be "
+                "downloaded, a folder or a .safetensors file; --fast-lora none hides the mode."
+            ) from error
+    try:
+        return fast.attach_fast_lora(pipe, location, mode=mode)
+    except Exception as error:  # optional: any failure (offline, no access) hides the mode
+        if fast.FAST_ADAPTER in pipe.get_list_adapters().get("unet", []):
+            pipe.delete_adapters(fast.FAST_ADAPTER)
+        logger.warning(
+            "fast mode is off: the default fast LoRA %s could not be loaded (%s). Download it, "
+            "name one with --fast-lora, or give --fast-lora none to silence this.",
+            location,
+            error,
+        )
+        return None
+
+
 def add_structure_control(pipe: Any, settings: Settings) -> Any:
     """The pipeline that takes a layout as well, on the same models: with ``--controlnet``
     the ControlNet pipeline, else (unless the doodle is off) the T2I-Adapter one.
@@ -276,7 +397,8 @@ def build_pipeline(settings: Settings) -> Any:
         pipe = build_tiny_pipeline(pm_version=settings.pm_version, seed=0)
         load_style_lora(pipe, settings)
         pipe = add_structure_control(pipe, settings)
-        if settings.device != "auto":
+        load_fast_lora(pipe, settings)
+        if settings.device != "auto" or settings.memory in FP8_MODES:
             place(pipe, settings)
         return compile_unet(pipe, settings)
     from diffusers import EulerDiscreteScheduler
@@ -287,6 +409,7 @@ def build_pipeline(settings: Settings) -> Any:
     load_fp16_vae(pipe, settings)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = add_structure_control(pipe, settings)
+    load_fast_lora(pipe, settings)
     place(pipe, settings)
     return compile_unet(pipe, settings)
 

@@ -35,7 +35,18 @@ OFFICIAL_CHECKPOINTS = {
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-MEMORY_MODES = ("full", "model-offload", "sequential-offload")
+MEMORY_MODES = (
+    "full",
+    "model-offload",
+    "sequential-offload",
+    "fp8",
+    "group-offload",
+    "group-offload-fp8",
+)
+#: The fast mode's default distillation LoRA (hub repo/file; see photomaker/fast.py).
+DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
+#: Values of ``fast_lora`` that hide the fast mode.
+FAST_LORA_OFF = ("none", "off", "")
 VERSIONS = ("v1", "v2")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -139,8 +150,13 @@ FIELDS: tuple[Field, ...] = (
         str,
         "full",
         "GPU memory mode: full (every model on the GPU, fastest), model-offload (each model "
-        "visits the GPU only while it runs: fits 12 GB cards) or sequential-offload (layer by "
-        "layer: fits ~4 GB, much slower).",
+        "visits the GPU only while it runs; about 6 GB peak, bench/results-gpu.md), "
+        "sequential-offload (layer by layer: the lowest peak, much slower), fp8 (full, with "
+        "the UNet's weights stored in float8 and computed in bfloat16: about half the UNet's "
+        "memory, small numerical change), group-offload (diffusers' group offloading, "
+        "transfers overlapped with compute on CUDA streams) or group-offload-fp8 (both). "
+        "The fp8 and group-offload figures for 8 GB cards are targets not yet measured on a "
+        "GPU (bench/gpu.py measures them).",
         choices=MEMORY_MODES,
     ),
     Field(
@@ -177,6 +193,15 @@ FIELDS: tuple[Field, ...] = (
         f"loaded at start-up; 'none' turns the doodle off. Default: {DEFAULT_DOODLE_ADAPTER} "
         "when it is in the Hugging Face cache or can be downloaded, else the doodle is off "
         "(with a warning); an adapter named here must load.",
+    ),
+    Field(
+        "fast_lora",
+        str,
+        None,
+        "Few-step distillation LoRA for the Fast mode (hub id, owner/repo/file.safetensors, "
+        f"folder or file), loaded at start-up; 'none' hides the mode. Default: "
+        f"{DEFAULT_FAST_LORA} (openrail++) when it is in the Hugging Face cache or can be "
+        "downloaded, else the mode is off (with a warning); a LoRA named here must load.",
     ),
     Field(
         "controlnet",
@@ -273,6 +298,7 @@ class Settings:
     style_lora: str | None = None
     style_lora_weight: float = 0.8
     doodle_adapter: str | None = None  # None: the default adapter, if it can be had
+    fast_lora: str | None = None  # None: the default distillation LoRA, if it can be had
     controlnet: str | None = None
     max_photos: int = 10
     max_photo_megapixels: float = 40.0
@@ -363,6 +389,22 @@ class Settings:
         """True when the adapter was named (flag or environment): then it must load. The
         default one is optional: where it cannot be had, the app starts with the doodle off."""
         return self.doodle_adapter_location is not None and self.doodle_adapter is not None
+
+    @property
+    def fast_lora_location(self) -> str | None:
+        """The fast mode's LoRA (hub id, repo/file, folder or file), or ``None`` when the mode
+        is hidden."""
+        if self.fast_lora is None:
+            return DEFAULT_FAST_LORA
+        if self.fast_lora.strip().lower() in FAST_LORA_OFF:
+            return None
+        return self.fast_lora
+
+    @property
+    def fast_lora_required(self) -> bool:
+        """True when the LoRA was named (flag or environment): then it must load. The default
+        one is optional: where it cannot be had, the app starts without the fast mode."""
+        return self.fast_lora_location is not None and self.fast_lora is not None
 
     def resolved_device(self) -> str:
         """``cuda``, ``mps`` or ``cpu``; ``auto`` picks the best available."""

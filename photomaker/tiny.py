@@ -27,6 +27,7 @@ from torch import nn
 
 from photomaker.clip_tokenizer import bpe_vocabulary_path, clip_tokenizer
 from photomaker.encoders import IDEncoderConfig, build_id_encoder
+from photomaker.fast import FAST_LORA_BLOCKS
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ __all__ = [
     "build_tiny_controlnet",
     "build_tiny_adapter_pipeline",
     "build_tiny_controlnet_pipeline",
+    "FAST_LORA_BLOCKS",
+    "tiny_fast_lora_state_dict",
+    "write_tiny_fast_lora",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -164,6 +168,31 @@ def tiny_lora_state_dict(unet: nn.Module, rank: int = TINY_LORA_RANK, seed: int 
         lora[f"{prefix}.down.weight"] = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
         lora[f"{prefix}.up.weight"] = torch.randn(fan_out, rank, generator=generator) * 0.1
     return lora
+
+
+def tiny_fast_lora_state_dict(
+    unet: nn.Module | None = None, rank: int = TINY_LORA_RANK, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A random distillation LoRA for the tiny UNet in SDXL-Lightning's released layout
+    (:func:`photomaker.fast.random_fast_lora_state_dict`)."""
+    from photomaker.fast import random_fast_lora_state_dict
+
+    if unet is None:
+        unet = build_tiny_components(0)["unet"]
+    return random_fast_lora_state_dict(unet, rank=rank, seed=seed)
+
+
+def write_tiny_fast_lora(path: str | os.PathLike, unet: nn.Module | None = None, seed: int = 0) -> Path:
+    """:func:`tiny_fast_lora_state_dict` saved as a ``.safetensors`` file (the released format)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in tiny_fast_lora_state_dict(unet, seed=seed).items()}
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return path
 
 
 def random_state_dict(module: nn.Module, seed: int = 0, mixed_dtypes: bool = False) -> dict:

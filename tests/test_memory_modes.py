@@ -1,0 +1,96 @@
+"""The 8 GB memory modes (photomaker/loading.py): fp8 weight storage and group offloading.
+
+CUDA streams need a GPU; here the configuration each mode passes to diffusers is checked, and
+what runs on a CPU runs: fp8 storage on the tiny UNet, group offloading without a stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks.group_offloading import _get_group_onload_device
+from PIL import Image
+
+from photomaker.errors import PhotoMakerInputError
+from photomaker.loading import (
+    enable_fp8_storage,
+    enable_group_offload,
+    fp8_storage_settings,
+    group_offload_settings,
+    place,
+)
+from photomaker.settings import MEMORY_MODES, Settings
+from photomaker.tiny import build_tiny_pipeline
+
+
+def _image(pipe) -> np.ndarray:
+    return pipe(
+        prompt="a photo of a man img",
+        input_id_images=[Image.new("RGB", (64, 64), (120, 90, 60))],
+        height=64,
+        width=64,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    return folder, _image(build_tiny_pipeline("v1", cache_dir=folder))
+
+
+def test_the_new_modes_are_settings():
+    for mode in ("fp8", "group-offload", "group-offload-fp8"):
+        assert mode in MEMORY_MODES and Settings(memory=mode).memory == mode
+    with pytest.raises(PhotoMakerInputError):
+        Settings(memory="fp4")
+
+
+def test_group_offload_streams_on_cuda_and_not_elsewhere():
+    cuda = group_offload_settings("cuda")
+    assert cuda["use_stream"] and cuda["non_blocking"] and cuda["record_stream"]
+    assert cuda["offload_type"] == "block_level" and cuda["num_blocks_per_group"] == 1
+    assert cuda["onload_device"] == torch.device("cuda")
+    assert cuda["offload_device"] == torch.device("cpu")
+    cpu = group_offload_settings("cpu")
+    assert not cpu["use_stream"] and not cpu["non_blocking"]
+
+
+def test_group_offload_runs_and_gives_the_same_image(reference):
+    folder, expected = reference
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+    enable_group_offload(pipe, "cpu")  # the hooks, without a stream (CPU to CPU)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "id_encoder"):
+        assert _get_group_onload_device(getattr(pipe, name)) == torch.device("cpu"), name
+    assert pipe._execution_device == torch.device("cpu")
+    assert np.array_equal(_image(pipe), expected)
+
+
+def test_fp8_storage_stores_float8_and_computes_in_the_run_dtype(reference):
+    folder, expected = reference
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+    settings = fp8_storage_settings(pipe.unet, torch.float32)
+    assert settings["storage_dtype"] == torch.float8_e4m3fn
+    assert settings["compute_dtype"] == torch.float32
+    assert "norm" in settings["skip_modules_pattern"] and "lora_" in settings["skip_modules_pattern"]
+    before = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
+    enable_fp8_storage(pipe.unet, torch.float32)
+    after = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
+    assert after < 0.3 * before  # fp32 → fp8 but for the norms and the LoRA factors
+    assert pipe.unet.conv_in.weight.dtype == torch.float8_e4m3fn
+    norm = next(m for n, m in pipe.unet.named_modules() if n.endswith("norm1"))
+    assert norm.weight.dtype == torch.float32
+    image = _image(pipe)
+    assert image.dtype == expected.dtype and not np.array_equal(image, expected)
+    assert np.abs(image - expected).mean() < 0.1  # rounding, not a different picture
+
+
+def test_place_applies_fp8_even_on_the_cpu_and_offload_falls_back_to_full(reference):
+    folder, _ = reference
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+    place(pipe, Settings(tiny=True, device="cpu", memory="group-offload-fp8"))
+    assert pipe.unet.conv_in.weight.dtype == torch.float8_e4m3fn
+    with pytest.raises(ValueError):  # no group-offload hooks: on the CPU it is full mode
+        _get_group_onload_device(pipe.unet)
