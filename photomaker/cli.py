@@ -7,7 +7,8 @@ memory, ...) prints its message and error id and exits with status 1. Every PNG 
 carries its settings (:mod:`photomaker.metadata`).
 
 Output: ``seed: N``, then one line per PNG: its path, a tab, and its ID likeness
-(``likeness 0.62``, ``no face found`` or ``likeness n/a``). ``--controlnet`` (a setting)
+(``likeness 0.62``, ``no face found`` or ``likeness n/a``). ``--fast`` runs the fast mode
+(the ``--fast-lora`` setting's LoRA, with its own steps and guidance). ``--controlnet`` (a setting)
 with ``--control-image`` lays the picture out like the control image.
 """
 
@@ -67,7 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--style-strength", type=float, default=20.0, help="percent, 0-100")
     gen.add_argument("--num-outputs", type=int, default=1, help="1-4 images")
-    gen.add_argument("--guidance-scale", type=float, default=5.0)
+    gen.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance (default 5)"
+    )
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode: the --fast-lora distillation LoRA with its own steps and guidance "
+        "(SDXL-Lightning 8-step: 8 steps, guidance 0) in place of --steps and --guidance-scale; "
+        "quicker, usually less detail",
+    )
     gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one)")
     gen.add_argument(
         "--control-image",
@@ -107,7 +117,13 @@ def _generate(args: argparse.Namespace) -> int:
             "--control-image needs a ControlNet to read it: add --controlnet (a hub id, e.g. "
             "diffusers/controlnet-canny-sdxl-1.0, or a folder), or drop --control-image."
         )
+    if args.fast and settings.fast_lora_location is None:
+        raise PhotoMakerInputError(
+            "--fast needs a fast LoRA, and --fast-lora (PHOTOMAKER_FAST_LORA) is none: name a "
+            "distillation LoRA with --fast-lora, or drop --fast."
+        )
     steps = args.steps if args.steps is not None else (4 if settings.tiny else 50)
+    guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
     request = GenerationRequest(
         photos=args.photos,
         prompt=args.prompt,
@@ -117,11 +133,12 @@ def _generate(args: argparse.Namespace) -> int:
         steps=steps,
         style_strength=args.style_strength,
         num_outputs=args.num_outputs,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance,
         seed=args.seed if args.seed is not None else 0,
         randomize_seed=args.seed is None,
         control_image=args.control_image,
         controlnet_conditioning_scale=args.controlnet_scale,
+        fast=args.fast,
     )
     # The checks that need no model run before the (long) model loading.
     check_request(request, tiny=settings.tiny, trigger_word=settings.trigger_word)
@@ -132,6 +149,18 @@ def _generate(args: argparse.Namespace) -> int:
         except PhotoMakerInputError as error:
             raise PhotoMakerInputError(f"Control image: {error}") from None
     service = build_service(settings)
+    if args.fast and service.fast_mode is not None:
+        mode = service.fast_mode
+        ignored = [
+            f
+            for f, v in (("--steps", args.steps), ("--guidance-scale", args.guidance_scale))
+            if v is not None
+        ]
+        _say(
+            f"note: fast mode: {mode.name}, {mode.steps} steps, guidance {mode.guidance_scale:g}"
+            + (f" ({' and '.join(ignored)} not used)" if ignored else ""),
+            err=True,
+        )
     result = service.generate(request)
     for message in result.messages:
         _say(f"note: {message}", err=True)

@@ -190,6 +190,17 @@ PARAMS: tuple[Param, ...] = (
         meta_key="adapter_conditioning_factor",
     ),
     Param(
+        "fast", "bool", "Fast mode", default=False, example=False, omittable=True,
+        help="True for the fast mode: a few-step distillation LoRA (SDXL-Lightning 8-step by "
+        "default) whose own steps and guidance replace the request's steps and "
+        "guidance_scale (8 and 0: the negative prompt then has no effect); the style "
+        "strength still sets where the identity comes in, and the PNG records the steps and "
+        "guidance used. Usually less detail and a weaker likeness than false (quality). "
+        "Needs a fast LoRA on the server (--fast-lora).",
+        info="Fast: a few steps with a distillation LoRA; quicker, usually less detail.",
+        ui_label="Mode", meta_key="mode",
+    ),
+    Param(
         "control_image", "image", "Control image", optional=True, api=False,
         help="A control image for the server's ControlNet (pose, edges, depth...).",
         meta_key="control_image",

@@ -5,7 +5,8 @@
 get wrong is checked here, in this order, before any GPU work, and raised as
 :class:`~photomaker.errors.PhotoMakerInputError` with a message the user can act on:
 
-1. numbers in range, a known style and aspect ratio;
+1. numbers in range, a known style and aspect ratio, and a fast LoRA on the server when
+   the request asks for the fast mode (whose steps and guidance then replace the request's);
 2. the photos load (images, not too many);
 3. the doodle or control image, when one is given: the server has what reads it (a
    T2I-Adapter or a ControlNet), and it loads;
