@@ -153,6 +153,40 @@ def test_a_server_without_a_fast_lora_refuses_fast_and_names_the_setting():
     assert len(plain.generate(request()).images) == 1  # quality still works
 
 
+# --------------------------------------------------------------------------- the page
+
+
+def test_the_page_choice_sets_and_locks_the_sliders_and_says_what_it_trades(service):
+    from photomaker.web.handlers import FAST, QUALITY, AppHandlers
+
+    handlers = AppHandlers(service, Settings(tiny=True))
+    steps, guidance, note = handlers.mode_changed(FAST)
+    assert (steps["value"], steps["minimum"], steps["interactive"]) == (8, 1, False)
+    assert (guidance["value"], guidance["interactive"]) == (0.0, False)
+    assert note == service.fast_mode.trade() and "negative prompt has no effect" in note
+    steps, guidance, note = handlers.mode_changed(QUALITY)
+    assert (steps["value"], steps["interactive"], guidance["value"]) == (4, True, 5.0)
+    assert note.startswith("Quality: 4 steps")
+
+
+def test_load_settings_of_a_fast_png_picks_fast_and_its_values(service, tmp_path):
+    from photomaker.metadata import save_png
+    from photomaker.web.handlers import AppHandlers
+
+    settings = Settings(tiny=True)
+    result = service.generate(request(fast=True))
+    path = save_png(result.images[0], tmp_path / "f.png", build_metadata(result, settings))
+    handlers = AppHandlers(service, settings)
+    loaded = handlers.load_settings(str(path))
+    values = dict(zip(handlers.settings_outputs(), loaded, strict=True))
+    assert values["fast"] == "Fast"
+    assert (values["steps"]["value"], values["steps"]["interactive"]) == (8, False)
+    assert (values["guidance_scale"]["value"], values["guidance_scale"]["interactive"]) == (
+        0,
+        False,
+    )
+
+
 # --------------------------------------------------------------------------- the CLI
 
 

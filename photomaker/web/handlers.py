@@ -200,7 +200,7 @@ class AppHandlers:
 
     def mode_note(self, mode: str) -> str:
         """What the chosen mode does and trades, under the Quality/Fast choice."""
-        fast_mode = self.service.fast_mode
+        fast_mode = getattr(self.service, "fast_mode", None)
         if fast_mode is None:
             return ""
         if mode == FAST:
@@ -215,7 +215,7 @@ class AppHandlers:
     def mode_changed(self, mode: str):
         """Quality/Fast chosen: the Steps and Guidance sliders show the mode's values (locked
         in fast mode, where the mode sets them), the note says what the mode trades."""
-        fast_mode = self.service.fast_mode
+        fast_mode = getattr(self.service, "fast_mode", None)
         if mode == FAST and fast_mode is not None:
             steps, guidance, free = fast_mode.steps, fast_mode.guidance_scale, False
         else:
@@ -378,9 +378,9 @@ class AppHandlers:
             gr.Warning(
                 "That picture was made with a doodle, which PNGs do not keep: draw it again."
             )
-        if meta.get("mode") == "fast" and not self.service.fast_available:
+        if meta.get("mode") == "fast" and not getattr(self.service, "fast_available", False):
             gr.Warning("That picture was made in fast mode, which this server does not have.")
-        fast = meta.get("mode") == "fast" and self.service.fast_available
+        fast = meta.get("mode") == "fast" and getattr(self.service, "fast_available", False)
         values = []
         for name in SETTINGS_OUTPUTS:
             if name == "advanced":
@@ -405,7 +405,8 @@ class AppHandlers:
         if param.name == "seed":
             return gr.update(value=value, interactive=True)
         if param.name == "fast":  # PNGs from before the fast mode were made in quality mode
-            return FAST if value == "fast" and self.service.fast_available else QUALITY
+            available = getattr(self.service, "fast_available", False)
+            return FAST if value == "fast" and available else QUALITY
         if param.kind == "text":
             return value or ""
         if param.name == "style":
