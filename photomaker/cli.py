@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="how strongly the control image steers, 0-2 (with --control-image)",
     )
+    gen.add_argument(
+        "--style-image",
+        default=None,
+        metavar="PATH",
+        help="a picture whose look (colours, medium, mood) the images take on, through the "
+        "--style-adapter IP-Adapter",
+    )
+    gen.add_argument(
+        "--style-image-scale",
+        type=float,
+        default=0.5,
+        help="how strongly the style image steers, 0-1 (with --style-image)",
+    )
     gen.add_argument("--out", default="outputs", type=Path, help="folder for the PNG files")
     gen.add_argument("-v", "--verbose", action="store_true", help="log progress")
     add_arguments(gen)
@@ -117,6 +130,11 @@ def _generate(args: argparse.Namespace) -> int:
             "--control-image needs a ControlNet to read it: add --controlnet (a hub id, e.g. "
             "diffusers/controlnet-canny-sdxl-1.0, or a folder), or drop --control-image."
         )
+    if args.style_image and settings.style_adapter_location is None:
+        raise PhotoMakerInputError(
+            "--style-image needs the style image's IP-Adapter, and --style-adapter "
+            "(PHOTOMAKER_STYLE_ADAPTER) is none: name one, or drop --style-image."
+        )
     if args.fast and settings.fast_lora_location is None:
         raise PhotoMakerInputError(
             "--fast needs a fast LoRA, and --fast-lora (PHOTOMAKER_FAST_LORA) is none: name a "
@@ -139,6 +157,8 @@ def _generate(args: argparse.Namespace) -> int:
         control_image=args.control_image,
         controlnet_conditioning_scale=args.controlnet_scale,
         fast=args.fast,
+        style_image=args.style_image,
+        style_image_scale=args.style_image_scale,
     )
     # The checks that need no model run before the (long) model loading.
     check_request(request, tiny=settings.tiny, trigger_word=settings.trigger_word)
@@ -148,6 +168,11 @@ def _generate(args: argparse.Namespace) -> int:
             load_image(args.control_image, max_megapixels=settings.max_photo_megapixels)
         except PhotoMakerInputError as error:
             raise PhotoMakerInputError(f"Control image: {error}") from None
+    if args.style_image:
+        try:
+            load_image(args.style_image, max_megapixels=settings.max_photo_megapixels)
+        except PhotoMakerInputError as error:
+            raise PhotoMakerInputError(f"Style image: {error}") from None
     service = build_service(settings)
     if args.fast and service.fast_mode is not None:
         mode = service.fast_mode

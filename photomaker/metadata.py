@@ -14,7 +14,8 @@ Every PNG the app, the API and the CLI write carries two text chunks:
 * ``photomaker``: the same facts as JSON, with the user's own words kept apart from the style
   (what :func:`read_metadata` reads, so "Load settings from image" restores the form exactly).
 
-Both say the mode (``mode``: "quality", or "fast" with the distillation LoRA and its
+Both say whether a style image steered the look (``style_image``, with its strength and
+IP-Adapter; the image itself is not stored), the mode (``mode``: "quality", or "fast" with the distillation LoRA and its
 scheduler; ``steps`` and ``guidance_scale`` are always those actually used), whether a doodle or a control image steered the layout (with their strengths; the
 drawing itself is not stored) and the image's ID likeness (``likeness``: the cosine
 similarity, or null with ``likeness_text`` "no face found" / "likeness n/a").
@@ -129,6 +130,9 @@ def build_metadata(
         "controlnet": _model_name(settings.controlnet, settings, result.control_image),
         "controlnet_conditioning_scale": _optional_number(result.controlnet_conditioning_scale),
         **_mode(result, settings),
+        "style_image": bool(result.style_image),
+        "style_adapter": _model_name(settings.style_adapter_location, settings, result.style_image),
+        "style_image_scale": _optional_number(result.style_image_scale),
         "likeness": _likeness(result, index),
         "likeness_text": result.likeness_text(index),
         "tiny": settings.tiny,
@@ -220,6 +224,8 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
         ("Doodle strength", meta.get("adapter_conditioning_scale")),
         ("Doodle steps share", meta.get("adapter_conditioning_factor")),
         ("Fast LoRA", meta.get("fast_lora")),
+        ("Style image adapter", meta.get("style_adapter")),
+        ("Style image strength", meta.get("style_image_scale")),
         ("ControlNet", meta.get("controlnet")),
         ("ControlNet scale", meta.get("controlnet_conditioning_scale")),
         ("Likeness", _likeness_words(meta)),

@@ -201,6 +201,19 @@ PARAMS: tuple[Param, ...] = (
         ui_label="Mode", meta_key="mode",
     ),
     Param(
+        "style_image", "image", "Style image", optional=True, omittable=True,
+        help="Optional picture whose look (colours, medium, mood) the images take on, through "
+        "an IP-Adapter (handle_file(path or URL)); null for none. Needs the style adapter on "
+        "the server (--style-adapter).", meta_key="style_image",
+    ),
+    Param(
+        "style_image_scale", "number", "Style image strength", default=0.5, example=0.5,
+        low=0.0, high=1.0, step=0.05, omittable=True,
+        help="How strongly the style image steers (used with a style image; 0 ignores it),",
+        info="How strongly the pictures take on the style image's look.",
+        meta_key="style_image_scale",
+    ),
+    Param(
         "control_image", "image", "Control image", optional=True, api=False,
         help="A control image for the server's ControlNet (pose, edges, depth...).",
         meta_key="control_image",

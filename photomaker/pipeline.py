@@ -68,7 +68,9 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
     """
 
     # The ID encoder runs first (new photos only), then the text encoders, then the fuse.
-    model_cpu_offload_seq = "id_encoder->text_encoder->text_encoder_2->id_fuse_module->unet->vae"
+    model_cpu_offload_seq = (
+        "id_encoder->text_encoder->text_encoder_2->image_encoder->id_fuse_module->unet->vae"
+    )
     _optional_components = [
         *StableDiffusionXLPipeline._optional_components,
         "id_encoder",

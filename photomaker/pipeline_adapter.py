@@ -61,7 +61,7 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
     # The adapter runs once per call, after the prompt is fused and before the UNet, so it can
     # take its turn in the offload chain (and leave the GPU when the UNet comes).
     model_cpu_offload_seq = (
-        "id_encoder->text_encoder->text_encoder_2->id_fuse_module->adapter->unet->vae"
+        "id_encoder->text_encoder->text_encoder_2->image_encoder->id_fuse_module->adapter->unet->vae"
     )
     # Optional so that ``from_pretrained`` of a plain SDXL repo works; the sketch then needs one.
     _optional_components = [*PhotoMakerStableDiffusionXLPipeline._optional_components, "adapter"]

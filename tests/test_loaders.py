@@ -191,6 +191,7 @@ def test_id_encoder_is_a_registered_component(pipe):
         "id_encoder",
         "text_encoder",
         "text_encoder_2",
+        "image_encoder",  # the style image's IP-Adapter encoder, when one is loaded
         "id_fuse_module",
         "unet",
         "vae",

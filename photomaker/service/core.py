@@ -20,6 +20,7 @@ from ..errors import PhotoMakerInputError
 from ..fast import generation_mode
 from ..images import DEFAULT_MAX_MEGAPIXELS, image_digest, to_rgb
 from ..params import ASPECT_RATIOS
+from ..style_image import style_image_mode
 from ..styles import StyleBook, default_styles
 from . import runtime
 from .runtime import _interrupt_when_set, _raise_if_cancelled, gpu_turn
@@ -36,6 +37,8 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 CROP_MARGIN = 0.5
+#: The longer side the style image is kept at (the image encoder reads 224 px).
+STYLE_IMAGE_SIDE = 448
 
 
 class PhotoMakerService:
@@ -122,6 +125,13 @@ class PhotoMakerService:
     @property
     def fast_available(self) -> bool:
         return self.fast_mode is not None
+
+    @property
+    def style_image_available(self) -> bool:
+        """True when the pipeline has an IP-Adapter to read a style image with."""
+        from ..style_image import style_adapter_of
+
+        return style_adapter_of(self.pipe) is not None
 
     @property
     def style_names(self) -> list[str]:
@@ -218,6 +228,23 @@ class PhotoMakerService:
                 control = to_rgb(drawing).resize((width, height), Image.Resampling.BICUBIC)
         return doodle, control, messages
 
+    def prepare_style_image(self, request: GenerationRequest) -> Image.Image | None:
+        """The style image as a small RGB picture (the IP-Adapter's image encoder reads 224
+        px; the job stays small), or ``None``. Refused when the server has no IP-Adapter."""
+        if request.style_image is None:
+            return None
+        if not self.style_image_available:
+            raise PhotoMakerInputError(
+                "The style image is off on this server (--style-adapter none, or an IP-Adapter "
+                "that could not be loaded): send the request without a style image."
+            )
+        image = self.load_drawing(request.style_image, "Style image")
+        if image is None:
+            return None
+        image = to_rgb(image)
+        image.thumbnail((STYLE_IMAGE_SIDE, STYLE_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        return image
+
     # -- validation and preparation -----------------------------------------------------
 
     def check_request(self, request: GenerationRequest) -> dict[str, Any]:
@@ -259,6 +286,7 @@ class PhotoMakerService:
         doodle, control_image, notes = self.prepare_structure(
             request, values["width"], values["height"]
         )
+        style_image = self.prepare_style_image(request)
         # The trigger word is checked before faces so a prompt mistake is reported first.
         messages = self.check_prompt(values["prompt"], len(images)) + notes
         t_load = time.perf_counter()
@@ -309,6 +337,8 @@ class PhotoMakerService:
             control_image=control_image,
             controlnet_conditioning_scale=values["controlnet_conditioning_scale"],
             fast=values["fast"],
+            style_image=style_image,
+            style_image_scale=values["style_image_scale"],
         )
         context = {
             "fast_mode": values["fast_mode"],
@@ -385,7 +415,11 @@ class PhotoMakerService:
         generator = torch.Generator(device=self.generator_device()).manual_seed(job.seed)
         # Fast mode switches the pipeline (adapter on, the mode's scheduler) for this call
         # only, under the lock; quality is put back on the way out, also after an error.
-        with self.server_errors("generating the images"), generation_mode(pipe, job.fast):
+        with (
+            self.server_errors("generating the images"),
+            generation_mode(pipe, job.fast),
+            style_image_mode(pipe, job.style_image, job.style_image_scale) as style,
+        ):
             output = pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt or None,
@@ -400,6 +434,7 @@ class PhotoMakerService:
                 output_type="pil",
                 callback_on_step_end=_interrupt_when_set(cancel) if cancel is not None else None,
                 **job.structure_kwargs(),
+                **style,
             )
         _raise_if_cancelled(cancel)  # interrupted: the images are unfinished, none are shown
         t2 = time.perf_counter()
@@ -539,4 +574,6 @@ class PhotoMakerService:
             ),
             likeness=scores,
             fast_mode=context["fast_mode"].record() if context["fast_mode"] else None,
+            style_image=job.style_image is not None,
+            style_image_scale=job.style_image_scale if job.style_image is not None else None,
         )

@@ -43,6 +43,10 @@ class GenerationRequest:
     #: Fast mode (:mod:`photomaker.fast`): the server's distillation LoRA, with the mode's own
     #: steps and guidance in place of ``steps`` and ``guidance_scale``.
     fast: bool = default("fast")
+    #: A picture whose look the images take on (the IP-Adapter's input): a path, PIL image
+    #: or numpy array; None for none.
+    style_image: Any = None
+    style_image_scale: float = default("style_image_scale")
 
 
 @dataclass
@@ -109,6 +113,9 @@ class GenerationJob:
     #: Run with the fast mode's LoRA and scheduler; ``steps`` and ``guidance_scale`` are then
     #: already the mode's (the service put them in).
     fast: bool = False
+    #: The style image, as a small RGB PIL image (the image encoder reads 224 px), or None.
+    style_image: Image.Image | None = None
+    style_image_scale: float = default("style_image_scale")
 
     @property
     def unet_calls_per_image(self) -> int:
@@ -168,6 +175,9 @@ class GenerationResult:
     #: The fast mode's record (:meth:`photomaker.fast.FastMode.record`: its LoRA, scheduler,
     #: steps and guidance) when the images were made in fast mode; None in quality mode.
     fast_mode: dict[str, Any] | None = None
+    #: Whether a style image steered the look, and how strongly (None without one).
+    style_image: bool = False
+    style_image_scale: float | None = None
     #: Each image's ID likeness (None: no face found in it); None for all when it could not
     #: be scored (no face analyzer, or no face in the ID photos): "likeness n/a".
     likeness: list[float | None] | None = None

@@ -34,6 +34,7 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 #: The doodle's two numbers when a request does not give them.
 DOODLE_SCALE = default("adapter_conditioning_scale")
 DOODLE_FACTOR = default("adapter_conditioning_factor")
+STYLE_IMAGE_SCALE = default("style_image_scale")
 #: The Quality/Fast choice on the page (the API's ``fast`` is False / True).
 QUALITY, FAST = "Quality", "Fast"
 #: What "Load settings from image" fills: the recorded /generate parameters in the API's
@@ -88,6 +89,8 @@ class AppHandlers:
         adapter_conditioning_scale: float = DOODLE_SCALE,
         adapter_conditioning_factor: float = DOODLE_FACTOR,
         fast: bool = False,
+        style_image: str | None = None,
+        style_image_scale: float = STYLE_IMAGE_SCALE,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
     ):
         """Generate pictures of the person in `photos`.
@@ -108,6 +111,8 @@ class AppHandlers:
             adapter_conditioning_scale: how strongly the doodle steers, 0-1 (the UI offers 0.5-1).
             adapter_conditioning_factor: the share of the steps, from the first, that the doodle steers, 0-1 (the UI offers 0.5-1).
             fast: true for the fast mode: the server's distillation LoRA with its own steps and guidance in place of steps and guidance_scale. Needs a fast LoRA on the server.
+            style_image: optional picture whose look the images take on (an IP-Adapter); null for none. Needs the style adapter on the server.
+            style_image_scale: how strongly the style image steers, 0-1.
         Returns:
             The images (PNG files named photomaker-<seed>-<n>.png that carry their settings and likeness, with captions that end in the likeness) and the seed used.
         """
@@ -127,6 +132,8 @@ class AppHandlers:
             adapter_conditioning_scale=adapter_conditioning_scale,
             adapter_conditioning_factor=adapter_conditioning_factor,
             fast=fast,
+            style_image=style_image or None,
+            style_image_scale=style_image_scale,
         )
         cancel = threading.Event()
         context = contextvars.copy_context()  # Gradio's progress tracking lives in it
@@ -187,15 +194,18 @@ class AppHandlers:
         adapter_conditioning_scale: float,
         adapter_conditioning_factor: float,
         mode: str = QUALITY,
+        style_image: str | None = None,
+        style_image_scale: float = STYLE_IMAGE_SCALE,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
     ):
         """:meth:`generate` from the page: the doodle is the Sketchpad's drawing, when
-        enabled; ``mode`` the Quality/Fast choice."""
+        enabled; ``mode`` the Quality/Fast choice; the style image as uploaded."""
         return await self.generate(
             photos, prompt, negative_prompt, style, aspect_ratio, steps, style_strength,
             num_outputs, guidance_scale, seed, randomize_seed,
             self.read_doodle(doodle_enabled, sketch), adapter_conditioning_scale,
-            adapter_conditioning_factor, mode == FAST, progress=progress,
+            adapter_conditioning_factor, mode == FAST, style_image, style_image_scale,
+            progress=progress,
         )  # fmt: skip
 
     def mode_note(self, mode: str) -> str:
@@ -374,6 +384,10 @@ class AppHandlers:
         except PhotoMakerInputError as err:
             raise user_error(err) from None
         gr.Info(f"Settings of {Path(path).name} loaded: seed {meta.get('seed')}, Randomize off.")
+        if meta.get("style_image"):
+            gr.Warning(
+                "That picture was made with a style image, which PNGs do not keep: add it again."
+            )
         if meta.get("doodle"):
             gr.Warning(
                 "That picture was made with a doodle, which PNGs do not keep: draw it again."

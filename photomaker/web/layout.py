@@ -98,6 +98,7 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             with gr.Column(scale=1, min_width=320):
                 photo_section(page, service, settings)
                 doodle_section(page, handlers, service)
+                style_image_section(page, handlers, service)
                 mode_section(page, handlers, service)
                 generate_row(page)
             with gr.Column(scale=1, min_width=320, elem_id="results"):
@@ -216,6 +217,24 @@ def doodle_section(page: Page, handlers: AppHandlers, service: PhotoMakerService
             page["adapter_conditioning_factor"] = slider(
                 "adapter_conditioning_factor", handlers, elem_id="doodle-factor"
             )
+
+
+def style_image_section(page: Page, handlers: AppHandlers, service: PhotoMakerService) -> None:
+    """An optional style image and its strength (when the server has the IP-Adapter)."""
+    available = bool(getattr(service, "style_image_available", False))
+    with gr.Accordion(
+        "Style image (optional)", open=False, visible=available, elem_id="style-image-area"
+    ):
+        page["style_image"] = gr.Image(
+            label=BY_NAME["style_image"].label + ": the pictures take on its look",
+            type="filepath",
+            sources=["upload", "clipboard"],
+            height=220,
+            elem_id="style-image",
+        )
+        page["style_image_scale"] = slider(
+            "style_image_scale", handlers, elem_id="style-image-scale"
+        )
 
 
 def mode_section(page: Page, handlers: AppHandlers, service: PhotoMakerService) -> None:
@@ -355,6 +374,8 @@ def api_endpoint(
     """``/generate``: hidden inputs from the table, checked in the handler (:mod:`.api`)."""
     doodle_on = bool(getattr(service, "doodle_available", False))
     notes = {} if doodle_on else {"doodle": " The doodle is off on this server: refused."}
+    if not getattr(service, "style_image_available", False):
+        notes["style_image"] = " The style image is off on this server: refused."
     mode = getattr(service, "fast_mode", None)
     notes["fast"] = (
         " The fast mode is off on this server: true is refused."
@@ -397,7 +418,7 @@ def wire_generate(page: Page, handlers: AppHandlers) -> None:
     names = ["photos", "prompt", "negative_prompt", "style", "aspect_ratio", "steps",
              "style_strength", "num_outputs", "guidance_scale", "seed", "randomize_seed",
              "enable_doodle", "sketchpad", "adapter_conditioning_scale",
-             "adapter_conditioning_factor", "fast"]  # fmt: skip
+             "adapter_conditioning_factor", "fast", "style_image", "style_image_scale"]  # fmt: skip
     # The page sends the Sketchpad (when the doodle is enabled); both this and /generate
     # wait in the one GPU queue.
     run = gr.on(

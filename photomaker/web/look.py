@@ -79,6 +79,12 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
         if mode is not None
         else ""
     )
+    style = (
+        "\n- **Style image** (optional): the pictures take on its colours, medium and mood; "
+        "the strength says how much."
+        if getattr(service, "style_image_available", False)
+        else ""
+    )
     return f"""
 - Upload **1 to {settings.max_photos} photos** of one person; several photos from different
   angles give a better likeness. Faces should be clear and not too small.{faces}
@@ -88,7 +94,7 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
 - **Style strength** is the share of the steps that see only your text before the identity
   comes in: 15–20% for likeness, 30–50% for stylized pictures.
 - The same photos, prompt, settings and seed always give the same pictures: *Reuse this seed*,
-  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}{fast}
+  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}{style}{fast}
 - Each caption ends with the picture's **likeness** to the person: the cosine similarity of
   face embeddings (ArcFace), about 0.4–0.7 for a good likeness; "no face found" when the
   picture shows no face.
