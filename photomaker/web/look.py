@@ -42,6 +42,7 @@ def theme() -> gr.themes.Base:
         button_primary_text_color="white",
         button_secondary_text_color="*neutral_800",
         checkbox_label_text_color="*neutral_800",
+        checkbox_label_background_fill_selected="*primary_700",  # white on it: Quality/Fast
         button_cancel_background_fill="#b91c1c",
         button_cancel_background_fill_hover="#991b1b",
         button_cancel_border_color="#b91c1c",
