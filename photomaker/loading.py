@@ -367,13 +367,13 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
 
 def tiny_style_adapter_file(settings: Settings) -> Path:
     """The tiny IP-Adapter and image encoder (released layout) on disk, once per process."""
-    from .tiny import write_tiny_ip_adapter
+    from .tiny import write_tiny_style_adapter
 
     folder = Path(os.environ.get("PHOTOMAKER_TINY_CACHE") or tempfile.gettempdir())
     folder = folder / "photomaker-tiny" / f"tiny-ip-adapter-{os.getpid()}" / "sdxl_models"
     path = folder / "ip-adapter_sdxl.safetensors"
     if not path.is_file():
-        write_tiny_ip_adapter(folder)
+        write_tiny_style_adapter(folder)
     return path
 
 

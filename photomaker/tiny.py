@@ -52,7 +52,7 @@ __all__ = [
     "write_tiny_fast_lora",
     "build_tiny_image_encoder",
     "tiny_ip_adapter_state_dict",
-    "write_tiny_ip_adapter",
+    "write_tiny_style_adapter",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -244,7 +244,7 @@ def tiny_ip_adapter_state_dict(unet: nn.Module | None = None, seed: int = 0) -> 
     return state
 
 
-def write_tiny_ip_adapter(folder: str | os.PathLike, seed: int = 0) -> Path:
+def write_tiny_style_adapter(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A tiny IP-Adapter in the released folder layout: ``folder/ip-adapter_sdxl.safetensors``
     and its image encoder in ``folder/image_encoder/`` (as in h94/IP-Adapter's
     ``sdxl_models``). Returns the weight file."""

@@ -18,7 +18,7 @@ from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
 from photomaker.pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
 from photomaker.service import GenerationRequest
 from photomaker.settings import DEFAULT_STYLE_ADAPTER, Settings
-from photomaker.tiny import build_tiny_components, write_tiny_ip_adapter
+from photomaker.tiny import build_tiny_components, write_tiny_style_adapter
 from photomaker.tiny_faces import draw_tiny_face
 
 PROMPT = "a photo of a man img in the snow"
@@ -57,7 +57,7 @@ def pixels(result) -> np.ndarray:
 
 
 def test_the_tiny_adapter_has_the_released_layout(tmp_path):
-    path = write_tiny_ip_adapter(tmp_path / "sdxl_models")
+    path = write_tiny_style_adapter(tmp_path / "sdxl_models")
     assert path.name == "ip-adapter_sdxl.safetensors"
     assert (tmp_path / "sdxl_models" / "image_encoder" / "config.json").is_file()
     state = load_file(str(path))
