@@ -7,7 +7,8 @@ memory, ...) prints its message and error id and exits with status 1. Every PNG 
 carries its settings (:mod:`photomaker.metadata`).
 
 Output: ``seed: N``, then one line per PNG: its path, a tab, and its ID likeness
-(``likeness 0.62``, ``no face found`` or ``likeness n/a``). ``--controlnet`` (a setting)
+(``likeness 0.62``, ``no face found`` or ``likeness n/a``). ``--fast`` runs the fast mode
+(the ``--fast-lora`` setting's LoRA, with its own steps and guidance). ``--controlnet`` (a setting)
 with ``--control-image`` lays the picture out like the control image.
 """
 
@@ -67,7 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--style-strength", type=float, default=20.0, help="percent, 0-100")
     gen.add_argument("--num-outputs", type=int, default=1, help="1-4 images")
-    gen.add_argument("--guidance-scale", type=float, default=5.0)
+    gen.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance (default 5)"
+    )
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode: the --fast-lora distillation LoRA with its own steps and guidance "
+        "(SDXL-Lightning 8-step: 8 steps, guidance 0) in place of --steps and --guidance-scale; "
+        "quicker, usually less detail",
+    )
     gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one)")
     gen.add_argument(
         "--control-image",
@@ -81,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="how strongly the control image steers, 0-2 (with --control-image)",
+    )
+    gen.add_argument(
+        "--style-image",
+        default=None,
+        metavar="PATH",
+        help="a picture whose look (colours, medium, mood) the images take on, through the "
+        "--style-adapter IP-Adapter",
+    )
+    gen.add_argument(
+        "--style-image-scale",
+        type=float,
+        default=0.5,
+        help="how strongly the style image steers, 0-1 (with --style-image)",
     )
     gen.add_argument("--out", default="outputs", type=Path, help="folder for the PNG files")
     gen.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -107,7 +130,18 @@ def _generate(args: argparse.Namespace) -> int:
             "--control-image needs a ControlNet to read it: add --controlnet (a hub id, e.g. "
             "diffusers/controlnet-canny-sdxl-1.0, or a folder), or drop --control-image."
         )
+    if args.style_image and settings.style_adapter_location is None:
+        raise PhotoMakerInputError(
+            "--style-image needs the style image's IP-Adapter, and --style-adapter "
+            "(PHOTOMAKER_STYLE_ADAPTER) is none: name one, or drop --style-image."
+        )
+    if args.fast and settings.fast_lora_location is None:
+        raise PhotoMakerInputError(
+            "--fast needs a fast LoRA, and --fast-lora (PHOTOMAKER_FAST_LORA) is none: name a "
+            "distillation LoRA with --fast-lora, or drop --fast."
+        )
     steps = args.steps if args.steps is not None else (4 if settings.tiny else 50)
+    guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
     request = GenerationRequest(
         photos=args.photos,
         prompt=args.prompt,
@@ -117,11 +151,14 @@ def _generate(args: argparse.Namespace) -> int:
         steps=steps,
         style_strength=args.style_strength,
         num_outputs=args.num_outputs,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance,
         seed=args.seed if args.seed is not None else 0,
         randomize_seed=args.seed is None,
         control_image=args.control_image,
         controlnet_conditioning_scale=args.controlnet_scale,
+        fast=args.fast,
+        style_image=args.style_image,
+        style_image_scale=args.style_image_scale,
     )
     # The checks that need no model run before the (long) model loading.
     check_request(request, tiny=settings.tiny, trigger_word=settings.trigger_word)
@@ -131,7 +168,24 @@ def _generate(args: argparse.Namespace) -> int:
             load_image(args.control_image, max_megapixels=settings.max_photo_megapixels)
         except PhotoMakerInputError as error:
             raise PhotoMakerInputError(f"Control image: {error}") from None
+    if args.style_image:
+        try:
+            load_image(args.style_image, max_megapixels=settings.max_photo_megapixels)
+        except PhotoMakerInputError as error:
+            raise PhotoMakerInputError(f"Style image: {error}") from None
     service = build_service(settings)
+    if args.fast and service.fast_mode is not None:
+        mode = service.fast_mode
+        ignored = [
+            f
+            for f, v in (("--steps", args.steps), ("--guidance-scale", args.guidance_scale))
+            if v is not None
+        ]
+        _say(
+            f"note: fast mode: {mode.name}, {mode.steps} steps, guidance {mode.guidance_scale:g}"
+            + (f" ({' and '.join(ignored)} not used)" if ignored else ""),
+            err=True,
+        )
     result = service.generate(request)
     for message in result.messages:
         _say(f"note: {message}", err=True)

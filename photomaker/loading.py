@@ -365,6 +365,55 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
         return None
 
 
+def tiny_style_adapter_file(settings: Settings) -> Path:
+    """The tiny IP-Adapter and image encoder (released layout) on disk, once per process."""
+    from .tiny import write_tiny_style_adapter
+
+    folder = Path(os.environ.get("PHOTOMAKER_TINY_CACHE") or tempfile.gettempdir())
+    folder = folder / "photomaker-tiny" / f"tiny-ip-adapter-{os.getpid()}" / "sdxl_models"
+    path = folder / "ip-adapter_sdxl.safetensors"
+    if not path.is_file():
+        write_tiny_style_adapter(folder)
+    return path
+
+
+def load_style_adapter(pipe: Any, settings: Settings) -> Any | None:
+    """Attach the style image's IP-Adapter (:mod:`photomaker.style_image`); returns it, or
+    ``None`` when the style image is off. Tiny mode loads a tiny one in the released layout
+    (unless ``none``). A named adapter must load; the default one is optional (off, with a
+    warning, where it cannot be had)."""
+    from . import style_image
+
+    location = settings.style_adapter_location
+    if location is None:
+        return None
+    if settings.tiny:
+        return style_image.attach_style_adapter(pipe, str(tiny_style_adapter_file(settings)))
+    if settings.style_adapter_required:
+        try:
+            return style_image.attach_style_adapter(pipe, location)
+        except (OSError, ValueError) as error:
+            raise PhotoMakerInputError(
+                f"Could not load the style image's IP-Adapter {location!r} ({error}). Give "
+                "owner/repo/subfolder/file in the Hugging Face cache or downloadable, a folder "
+                "or a file (its image encoder in image_encoder/ beside it); --style-adapter "
+                "none turns the style image off."
+            ) from error
+    try:
+        return style_image.attach_style_adapter(pipe, location)
+    except Exception as error:  # optional: any failure (offline, no access) turns it off
+        if getattr(pipe.unet, "encoder_hid_proj", None) is not None:
+            pipe.unload_ip_adapter()
+        logger.warning(
+            "the style image is off: the default IP-Adapter %s could not be loaded (%s). "
+            "Download it, name one with --style-adapter, or give --style-adapter none to "
+            "silence this.",
+            location,
+            error,
+        )
+        return None
+
+
 def add_structure_control(pipe: Any, settings: Settings) -> Any:
     """The pipeline that takes a layout as well, on the same models: with ``--controlnet``
     the ControlNet pipeline, else (unless the doodle is off) the T2I-Adapter one.
@@ -398,6 +447,7 @@ def build_pipeline(settings: Settings) -> Any:
         load_style_lora(pipe, settings)
         pipe = add_structure_control(pipe, settings)
         load_fast_lora(pipe, settings)
+        load_style_adapter(pipe, settings)
         if settings.device != "auto" or settings.memory in FP8_MODES:
             place(pipe, settings)
         return compile_unet(pipe, settings)
@@ -410,6 +460,7 @@ def build_pipeline(settings: Settings) -> Any:
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = add_structure_control(pipe, settings)
     load_fast_lora(pipe, settings)
+    load_style_adapter(pipe, settings)
     place(pipe, settings)
     return compile_unet(pipe, settings)
 

@@ -14,7 +14,9 @@ Every PNG the app, the API and the CLI write carries two text chunks:
 * ``photomaker``: the same facts as JSON, with the user's own words kept apart from the style
   (what :func:`read_metadata` reads, so "Load settings from image" restores the form exactly).
 
-Both say whether a doodle or a control image steered the layout (with their strengths; the
+Both say whether a style image steered the look (``style_image``, with its strength and
+IP-Adapter; the image itself is not stored), the mode (``mode``: "quality", or "fast" with the distillation LoRA and its
+scheduler; ``steps`` and ``guidance_scale`` are always those actually used), whether a doodle or a control image steered the layout (with their strengths; the
 drawing itself is not stored) and the image's ID likeness (``likeness``: the cosine
 similarity, or null with ``likeness_text`` "no face found" / "likeness n/a").
 
@@ -51,6 +53,7 @@ SAMPLER_NAMES = {
     "EulerAncestralDiscreteScheduler": "Euler a",
     "DPMSolverMultistepScheduler": "DPM++ 2M",
     "DDIMScheduler": "DDIM",
+    "LCMScheduler": "LCM",
 }
 
 
@@ -111,7 +114,7 @@ def build_metadata(
         or aspect_ratio_name(result.width, result.height, tiny=settings.tiny),
         "image": index + 1,
         "num_images": len(result.images),
-        "sampler": SAMPLER_NAMES.get(scheduler or "", scheduler),
+        "sampler": _sampler(result, scheduler),
         "photomaker_version": settings.pm_version,
         "base_model": "tiny random weights" if settings.tiny else settings.base_model,
         "checkpoint": "tiny random weights" if settings.tiny else checkpoint,
@@ -126,6 +129,10 @@ def build_metadata(
         "control_image": bool(result.control_image),
         "controlnet": _model_name(settings.controlnet, settings, result.control_image),
         "controlnet_conditioning_scale": _optional_number(result.controlnet_conditioning_scale),
+        **_mode(result, settings),
+        "style_image": bool(result.style_image),
+        "style_adapter": _model_name(settings.style_adapter_location, settings, result.style_image),
+        "style_image_scale": _optional_number(result.style_image_scale),
         "likeness": _likeness(result, index),
         "likeness_text": result.likeness_text(index),
         "tiny": settings.tiny,
@@ -133,6 +140,31 @@ def build_metadata(
         "app_version": app_version(),
     }
     return meta
+
+
+def _mode(result: GenerationResult, settings: Settings) -> dict[str, Any]:
+    """``mode`` ("quality" or "fast") and, in fast mode, which distillation LoRA and scheduler
+    made the image (the steps and guidance used are the metadata's ``steps`` and
+    ``guidance_scale``)."""
+    record = result.fast_mode
+    if not record:
+        return {"mode": "quality", "fast_lora": None, "fast_scheduler": None}
+    spacing = record.get("scheduler_timestep_spacing")
+    return {
+        "mode": "fast",
+        "fast_lora": "tiny random weights" if settings.tiny else record.get("fast_lora"),
+        "fast_scheduler": record.get("scheduler")
+        + (f" (timestep_spacing={spacing})" if spacing else ""),
+    }
+
+
+def _sampler(result: GenerationResult, scheduler: str | None) -> str | None:
+    """The sampler name of the scheduler that ran: the fast mode's own in fast mode."""
+    if result.fast_mode:
+        scheduler = result.fast_mode.get("scheduler")
+    name = SAMPLER_NAMES.get(scheduler or "", scheduler)
+    spacing = (result.fast_mode or {}).get("scheduler_timestep_spacing")
+    return f"{name} {spacing}" if spacing and name else name
 
 
 def _model_name(location: str | None, settings: Settings, used: bool) -> str | None:
@@ -169,6 +201,7 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
     fields: list[tuple[str, Any]] = [
         ("Steps", meta["steps"]),
         ("Sampler", meta.get("sampler")),
+        ("Mode", meta.get("mode")),
         ("CFG scale", meta["guidance_scale"]),
         ("Seed", meta["seed"]),
         ("Size", f"{meta['width']}x{meta['height']}"),
@@ -190,6 +223,9 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
         ("Doodle adapter", meta.get("doodle_adapter")),
         ("Doodle strength", meta.get("adapter_conditioning_scale")),
         ("Doodle steps share", meta.get("adapter_conditioning_factor")),
+        ("Fast LoRA", meta.get("fast_lora")),
+        ("Style image adapter", meta.get("style_adapter")),
+        ("Style image strength", meta.get("style_image_scale")),
         ("ControlNet", meta.get("controlnet")),
         ("ControlNet scale", meta.get("controlnet_conditioning_scale")),
         ("Likeness", _likeness_words(meta)),

@@ -190,6 +190,30 @@ PARAMS: tuple[Param, ...] = (
         meta_key="adapter_conditioning_factor",
     ),
     Param(
+        "fast", "bool", "Fast mode", default=False, example=False, omittable=True,
+        help="True for the fast mode: a few-step distillation LoRA (SDXL-Lightning 8-step by "
+        "default) whose own steps and guidance replace the request's steps and "
+        "guidance_scale (8 and 0: the negative prompt then has no effect); the style "
+        "strength still sets where the identity comes in, and the PNG records the steps and "
+        "guidance used. Usually less detail and a weaker likeness than false (quality). "
+        "Needs a fast LoRA on the server (--fast-lora).",
+        info="Fast: a few steps with a distillation LoRA; quicker, usually less detail.",
+        ui_label="Mode", meta_key="mode",
+    ),
+    Param(
+        "style_image", "image", "Style image", optional=True, omittable=True,
+        help="Optional picture whose look (colours, medium, mood) the images take on, through "
+        "an IP-Adapter (handle_file(path or URL)); null for none. Needs the style adapter on "
+        "the server (--style-adapter).", meta_key="style_image",
+    ),
+    Param(
+        "style_image_scale", "number", "Style image strength", default=0.5, example=0.5,
+        low=0.0, high=1.0, step=0.05, omittable=True,
+        help="How strongly the style image steers (used with a style image; 0 ignores it),",
+        info="How strongly the pictures take on the style image's look.",
+        meta_key="style_image_scale",
+    ),
+    Param(
         "control_image", "image", "Control image", optional=True, api=False,
         help="A control image for the server's ControlNet (pose, edges, depth...).",
         meta_key="control_image",

@@ -47,6 +47,11 @@ MEMORY_MODES = (
 DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
 #: Values of ``fast_lora`` that hide the fast mode.
 FAST_LORA_OFF = ("none", "off", "")
+#: The style image's IP-Adapter: the one the official V2 example loads (hub repo/subfolder/file;
+#: its image encoder is the ``image_encoder`` folder beside it).
+DEFAULT_STYLE_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.bin"
+#: Values of ``style_adapter`` that turn the style image off.
+STYLE_ADAPTER_OFF = ("none", "off", "")
 VERSIONS = ("v1", "v2")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -204,6 +209,16 @@ FIELDS: tuple[Field, ...] = (
         "downloaded, else the mode is off (with a warning); a LoRA named here must load.",
     ),
     Field(
+        "style_adapter",
+        str,
+        None,
+        "IP-Adapter for the style image (owner/repo/subfolder/file, folder or file; its image "
+        "encoder is the image_encoder folder beside it), loaded at start-up; 'none' turns the "
+        f"style image off. Default: {DEFAULT_STYLE_ADAPTER} (the official V2 example's) when it "
+        "is in the Hugging Face cache or can be downloaded, else the style image is off (with a "
+        "warning); an adapter named here must load.",
+    ),
+    Field(
         "controlnet",
         str,
         None,
@@ -299,6 +314,7 @@ class Settings:
     style_lora_weight: float = 0.8
     doodle_adapter: str | None = None  # None: the default adapter, if it can be had
     fast_lora: str | None = None  # None: the default distillation LoRA, if it can be had
+    style_adapter: str | None = None  # None: the default IP-Adapter, if it can be had
     controlnet: str | None = None
     max_photos: int = 10
     max_photo_megapixels: float = 40.0
@@ -405,6 +421,20 @@ class Settings:
         """True when the LoRA was named (flag or environment): then it must load. The default
         one is optional: where it cannot be had, the app starts without the fast mode."""
         return self.fast_lora_location is not None and self.fast_lora is not None
+
+    @property
+    def style_adapter_location(self) -> str | None:
+        """The style image's IP-Adapter, or ``None`` when the style image is off."""
+        if self.style_adapter is None:
+            return DEFAULT_STYLE_ADAPTER
+        if self.style_adapter.strip().lower() in STYLE_ADAPTER_OFF:
+            return None
+        return self.style_adapter
+
+    @property
+    def style_adapter_required(self) -> bool:
+        """True when the adapter was named: then it must load; the default one is optional."""
+        return self.style_adapter_location is not None and self.style_adapter is not None
 
     def resolved_device(self) -> str:
         """``cuda``, ``mps`` or ``cpu``; ``auto`` picks the best available."""

@@ -51,6 +51,9 @@ __all__ = [
     "FAST_LORA_BLOCKS",
     "tiny_fast_lora_state_dict",
     "write_tiny_fast_lora",
+    "build_tiny_image_encoder",
+    "tiny_ip_adapter_state_dict",
+    "write_tiny_style_adapter",
 ]
 
 #: Tiny text encoders are 32 wide each, so prompt embeddings are 64 wide: the ID encoders'
@@ -191,6 +194,69 @@ def write_tiny_fast_lora(path: str | os.PathLike, unet: nn.Module | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in tiny_fast_lora_state_dict(unet, seed=seed).items()}
     tmp = path.with_suffix(f".{os.getpid()}.tmp.safetensors")  # concurrent writers: no clash
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+#: The tiny image encoder's embedding size (the real one, ViT-bigG's, is 1280).
+TINY_IMAGE_EMBED_DIM = 32
+
+
+def build_tiny_image_encoder(seed: int = 0):
+    """A tiny random CLIP vision model with projection (the IP-Adapter's image encoder), at
+    CLIP's 224-pixel input so diffusers' default image processor feeds it."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(seed, "image_encoder")
+    config = CLIPVisionConfig(
+        image_size=224, patch_size=32, hidden_size=32, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, projection_dim=TINY_IMAGE_EMBED_DIM,
+    )  # fmt: skip
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def tiny_ip_adapter_state_dict(unet: nn.Module | None = None, seed: int = 0) -> dict:
+    """A random IP-Adapter for the tiny UNet in ``ip-adapter_sdxl``'s released layout:
+    ``image_proj.proj`` / ``image_proj.norm`` (4 image tokens) and, for the i-th
+    cross-attention processor of the UNet (diffusers' order), ``ip_adapter.{2i+1}.to_k_ip`` /
+    ``.to_v_ip``."""
+    if unet is None:
+        unet = build_tiny_components(0)["unet"]
+    generator = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    state = {
+        "image_proj.proj.weight": torch.randn(4 * cross, TINY_IMAGE_EMBED_DIM, generator=generator)
+        / TINY_IMAGE_EMBED_DIM**0.5,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden = attn.to_k.out_features
+        for proj in ("to_k_ip", "to_v_ip"):
+            weight = torch.randn(hidden, cross, generator=generator) / cross**0.5
+            state[f"ip_adapter.{key_id}.{proj}.weight"] = weight
+        key_id += 2
+    return state
+
+
+def write_tiny_style_adapter(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A tiny IP-Adapter in the released folder layout: ``folder/ip-adapter_sdxl.safetensors``
+    and its image encoder in ``folder/image_encoder/`` (as in h94/IP-Adapter's
+    ``sdxl_models``). Returns the weight file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    build_tiny_image_encoder(seed).save_pretrained(folder / "image_encoder")
+    path = folder / "ip-adapter_sdxl.safetensors"
+    state = {k: v.contiguous() for k, v in tiny_ip_adapter_state_dict(seed=seed).items()}
+    tmp = path.with_suffix(".tmp.safetensors")
     save_file(state, str(tmp))
     tmp.replace(path)
     return path

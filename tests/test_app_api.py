@@ -25,7 +25,8 @@ START_TIMEOUT_S = 120
 PARAMETERS = [
     "photos", "prompt", "negative_prompt", "style", "aspect_ratio", "steps", "style_strength",
     "num_outputs", "guidance_scale", "seed", "randomize_seed", "doodle",
-    "adapter_conditioning_scale", "adapter_conditioning_factor",
+    "adapter_conditioning_scale", "adapter_conditioning_factor", "fast", "style_image",
+    "style_image_scale",
 ]  # fmt: skip
 #: The parameters added with the doodle: optional, with defaults that change nothing.
 DOODLE_PARAMETERS = {
@@ -33,6 +34,10 @@ DOODLE_PARAMETERS = {
     "adapter_conditioning_scale": 0.7,
     "adapter_conditioning_factor": 0.8,
 }
+#: The parameter added with the fast mode: false (quality) unless asked for.
+FAST_PARAMETERS = {"fast": False}
+#: The parameters added with the style image: none, and a strength that is then unused.
+STYLE_PARAMETERS = {"style_image": None, "style_image_scale": 0.5}
 LIKENESS = r" · (likeness -?\d\.\d\d|no face found)$"
 
 _server: dict = {}  # the app most tests use
@@ -171,8 +176,9 @@ def test_one_public_endpoint(client):
         p["parameter_name"]: (p["parameter_has_default"], p["parameter_default"])
         for p in endpoint["parameters"]
     }
-    assert {name: defaults[name] for name in DOODLE_PARAMETERS} == {
-        name: (True, value) for name, value in DOODLE_PARAMETERS.items()
+    later = {**DOODLE_PARAMETERS, **FAST_PARAMETERS, **STYLE_PARAMETERS}
+    assert {name: defaults[name] for name in later} == {
+        name: (True, value) for name, value in later.items()
     }
 
 
@@ -317,7 +323,7 @@ def raw_generate(data: list) -> tuple[str, object]:
 def good_payload(photo_files: list[dict]) -> list:
     return [
         photo_files, "a photo of a man img in the snow", "blurry", "Photographic (Default)",
-        "1:1 square (1024×1024)", 2, 20, 1, 5.0, 1, False, None, 0.7, 0.8,
+        "1:1 square (1024×1024)", 2, 20, 1, 5.0, 1, False, None, 0.7, 0.8, False, None, 0.5,
     ]  # fmt: skip
 
 
@@ -350,6 +356,9 @@ BAD_VALUES = {
     "doodle": ["abc", 3, [{"path": "x"}], {"url": "data:image/png;base64,AAAA"}, {"path": 5}],
     "adapter_conditioning_scale": ["abc", None, float("nan"), 1.5, -0.1],
     "adapter_conditioning_factor": ["x", None, 2, [0.5]],
+    "fast": ["abc", None, 1, "true", [True]],
+    "style_image": ["abc", 3, [{"path": "x"}], {"path": 5}],
+    "style_image_scale": ["x", None, 1.5, -0.1, float("nan")],
 }
 
 
@@ -513,6 +522,63 @@ def test_a_request_from_before_the_doodle_runs_as_before(uploaded):
     assert np.array_equal(old_image, new_image)
 
 
+def test_the_fast_mode_through_the_api(client, photos):
+    """fast=True: the mode's steps and guidance in place of the request's, recorded in the
+    PNG, different images; quality around it unchanged."""
+    from photomaker.metadata import read_metadata
+
+    quality, _ = call(client, photos["faces"], steps=3, seed=31)
+    fast, seed = call(client, photos["faces"], steps=3, seed=31, fast=True)
+    again, _ = call(client, photos["faces"], steps=3, seed=31, fast=False)
+    assert seed == 31 and not np.array_equal(load(quality)[0], load(fast)[0])
+    assert np.array_equal(load(quality)[0], load(again)[0])
+    meta = read_metadata(fast[0]["image"])
+    assert (meta["mode"], meta["steps"], meta["guidance_scale"]) == ("fast", 8, 0.0)
+    assert meta["start_merge_step"] == 1  # 20% of the mode's 8 steps
+    assert read_metadata(quality[0]["image"])["mode"] == "quality"
+    assert " · fast, 8 steps · " in fast[0]["caption"]
+    assert re.search(LIKENESS, fast[0]["caption"])
+
+
+def test_a_request_from_before_the_fast_mode_runs_as_before(uploaded):
+    """Fourteen values, as raw clients sent them before the fast mode: the same images as
+    with fast=false."""
+    old_event, old = raw_generate(good_payload(uploaded)[:14])
+    new_event, new = raw_generate(good_payload(uploaded))
+    assert (old_event, new_event) == ("complete", "complete"), (old, new)
+    old_image, new_image = (np.asarray(Image.open(g[0][0]["image"]["path"])) for g in (old, new))
+    assert np.array_equal(old_image, new_image)
+
+
+def test_a_style_image_through_the_api(client, photos, sketch):
+    """A style image changes the images and is recorded; requests from before it (fourteen
+    or fifteen values) give the same images as with none."""
+    from gradio_client import handle_file
+
+    from photomaker.metadata import read_metadata
+
+    plain, _ = call(client, photos["faces"], steps=3, seed=41)
+    styled, _ = call(
+        client, photos["faces"], steps=3, seed=41, style_image=handle_file(sketch),
+        style_image_scale=1.0,
+    )  # fmt: skip
+    assert not np.array_equal(load(plain)[0], load(styled)[0])
+    meta = read_metadata(styled[0]["image"])
+    assert (meta["style_image"], meta["style_image_scale"]) == (True, 1)
+    assert read_metadata(plain[0]["image"])["style_image"] is False
+
+
+def test_a_request_from_before_the_style_image_runs_as_before(uploaded):
+    new_event, new = raw_generate(good_payload(uploaded))
+    for length in (14, 15):
+        old_event, old = raw_generate(good_payload(uploaded)[:length])
+        assert (old_event, new_event) == ("complete", "complete"), (old, new)
+        old_image, new_image = (
+            np.asarray(Image.open(g[0][0]["image"]["path"])) for g in (old, new)
+        )
+        assert np.array_equal(old_image, new_image)
+
+
 def test_a_doodle_that_is_not_an_image_is_named(client, photos):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -539,7 +605,20 @@ def test_the_page_offers_the_doodle_where_the_server_has_it(client):
     assert _visible(_config(app_url()), "doodle-area") is False  # until enabled
 
 
-SMALL = {"PHOTOMAKER_QUEUE_SIZE": "1", "PHOTOMAKER_DOODLE_ADAPTER": "none"}
+def test_the_page_offers_the_fast_mode_where_the_server_has_it(client):
+    config = _config(app_url())
+    assert _visible(config, "mode") is True and _visible(config, "mode-note") is True
+    (radio,) = [c for c in config["components"] if c["props"].get("elem_id") == "mode"]
+    assert [choice[0] for choice in radio["props"]["choices"]] == ["Quality", "Fast"]
+    assert radio["props"]["value"] == "Quality"
+
+
+SMALL = {
+    "PHOTOMAKER_QUEUE_SIZE": "1",
+    "PHOTOMAKER_DOODLE_ADAPTER": "none",
+    "PHOTOMAKER_FAST_LORA": "none",
+    "PHOTOMAKER_STYLE_ADAPTER": "none",
+}
 
 
 def test_a_doodle_on_a_server_without_it_is_refused_clearly(photos, sketch):
@@ -556,6 +635,34 @@ def test_a_doodle_on_a_server_without_it_is_refused_clearly(photos, sketch):
     assert error.value.title == "Please check your input"
     gallery, _ = call(client, photos["faces"], steps=1)
     assert len(gallery) == 1 and re.search(LIKENESS, gallery[0]["caption"])
+
+
+def test_the_fast_mode_on_a_server_without_it_is_refused_clearly(photos):
+    """`--fast-lora none`: no Quality/Fast choice on the page, and fast=True through the API
+    gets a message that names the setting; the same request without it works."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url = app_url("small", SMALL)
+    assert _visible(_config(url), "mode") is False
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match=r"Fast mode \(fast\) is off on this server") as error:
+        call(client, photos["faces"], fast=True)
+    assert "--fast-lora" in str(error.value) and error.value.title == "Please check your input"
+    gallery, _ = call(client, photos["faces"], steps=1, fast=False)
+    assert len(gallery) == 1
+
+
+def test_a_style_image_on_a_server_without_the_adapter_is_refused_clearly(photos, sketch):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url = app_url("small", SMALL)
+    assert _visible(_config(url), "style-image-area") is False
+    assert _visible(_config(app_url()), "style-image-area") is True
+    with pytest.raises(AppError, match="The style image is off on this server") as error:
+        call(Client(url, verbose=False), photos["faces"], style_image=handle_file(sketch))
+    assert error.value.title == "Please check your input"
 
 
 # --------------------------------------------------------------------------- a full queue

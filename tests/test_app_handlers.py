@@ -336,9 +336,13 @@ def test_load_settings_restores_the_form(tmp_path):
         randomize,
         adv,
         *doodle,
+        mode,
+        style_image_scale,
     ) = values
     assert (prompt, negative, style) == ("a woman img reading", "blurry", "Watercolor")
     assert doodle == [gr.update(), gr.update()]  # made without a doodle: its sliders stay
+    assert mode == "Quality"  # PNGs from before the fast mode were made in quality mode
+    assert style_image_scale == gr.update()  # made without a style image: its slider stays
     assert ratio == "1:1 square (1024×1024)"
     assert steps["value"] == 4 and steps["minimum"] == 4  # below the UI's 20: range widened
     assert strength["value"] == 80 and strength["maximum"] == 80
@@ -347,7 +351,7 @@ def test_load_settings_restores_the_form(tmp_path):
         True, 0.3, 0.9,
     )  # fmt: skip
     path = save_png(result.images[0], tmp_path / "d.png", build_metadata(result, Settings()))
-    *_, scale, factor = handlers.load_settings(str(path))
+    *_, scale, factor, _mode, _style_scale = handlers.load_settings(str(path))
     assert scale["value"] == 0.3 and scale["minimum"] == 0.3  # below the UI's 0.5: widened
     assert factor["value"] == 0.9
     plain = tmp_path / "plain.png"

@@ -18,6 +18,7 @@ from photomaker.settings import (
     DEFAULT_BASE_MODEL,
     DEFAULT_DOODLE_ADAPTER,
     DEFAULT_FAST_LORA,
+    DEFAULT_STYLE_ADAPTER,
     OFFICIAL_CHECKPOINTS,
 )
 
@@ -113,3 +114,7 @@ def test_default_weights_are_preloaded():
     assert repos.get(DEFAULT_DOODLE_ADAPTER) == []  # the doodle's adapter, the whole repo
     fast_repo, fast_file = DEFAULT_FAST_LORA.rsplit("/", 1)  # the fast mode's LoRA, one file
     assert repos.get(fast_repo) == [fast_file]
+    owner, name, style_file = DEFAULT_STYLE_ADAPTER.split("/", 2)
+    files = repos[f"{owner}/{name}"][0].split(",")  # the adapter and its image encoder
+    folder = style_file.rsplit("/", 1)[0]
+    assert style_file in files and f"{folder}/image_encoder/config.json" in files

@@ -66,8 +66,12 @@ def test_the_endpoint_signature_is_the_table():
 
 def test_old_requests_get_the_defaults_of_the_later_parameters():
     eleven = ["photos?", "p", "n", "s", "a", 2, 20, 1, 5.0, 1, False]
-    assert api.check_request_files([None, *eleven[1:]])[11:] == [None, 0.7, 0.8]
-    assert len(api.check_request_files([None, *eleven[1:], None, 0.5, 0.5])) == 14
+    later = [None, 0.7, 0.8, False, None, 0.5]  # doodle, fast mode, style image
+    assert api.check_request_files([None, *eleven[1:]])[11:] == later
+    fourteen = [None, *eleven[1:], None, 0.5, 0.5]  # before the fast mode
+    assert api.check_request_files(fourteen)[11:] == [None, 0.5, 0.5, False, None, 0.5]
+    assert api.check_request_files([*fourteen, True])[11:] == [None, 0.5, 0.5, True, None, 0.5]
+    assert len(api.check_request_files([*fourteen, True, None, 0.9])) == 17
 
 
 def test_gradio_still_has_what_compat_overrides():

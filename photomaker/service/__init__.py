@@ -5,10 +5,11 @@
 get wrong is checked here, in this order, before any GPU work, and raised as
 :class:`~photomaker.errors.PhotoMakerInputError` with a message the user can act on:
 
-1. numbers in range, a known style and aspect ratio;
+1. numbers in range, a known style and aspect ratio, and a fast LoRA on the server when
+   the request asks for the fast mode (whose steps and guidance then replace the request's);
 2. the photos load (images, not too many);
-3. the doodle or control image, when one is given: the server has what reads it (a
-   T2I-Adapter or a ControlNet), and it loads;
+3. the doodle, control image or style image, when one is given: the server has what reads it
+   (a T2I-Adapter, a ControlNet, an IP-Adapter), and it loads;
 4. the trigger word and the token budget of the *styled* prompt;
 5. faces (V2, or when cropping): every photo needs one, unless the service was told to skip
    photos without a face, in which case it drops them and says which.

@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 
 from ..errors import PhotoMakerInputError
+from ..fast import generation_mode
 from ..images import DEFAULT_MAX_MEGAPIXELS, image_digest, to_rgb
 from ..params import ASPECT_RATIOS
+from ..style_image import style_image_mode
 from ..styles import StyleBook, default_styles
 from . import runtime
 from .runtime import _interrupt_when_set, _raise_if_cancelled, gpu_turn
@@ -35,6 +37,8 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 CROP_MARGIN = 0.5
+#: The longer side the style image is kept at (the image encoder reads 224 px).
+STYLE_IMAGE_SIDE = 448
 
 
 class PhotoMakerService:
@@ -109,6 +113,25 @@ class PhotoMakerService:
             isinstance(self.pipe, PhotoMakerStableDiffusionXLControlNetPipeline)
             and getattr(self.pipe, "controlnet", None) is not None
         )
+
+    @property
+    def fast_mode(self) -> Any:
+        """The fast mode the pipeline carries (:class:`photomaker.fast.FastMode`: its LoRA,
+        scheduler, steps and guidance), or ``None`` when the server has no fast LoRA."""
+        from ..fast import fast_mode_of
+
+        return fast_mode_of(self.pipe) if hasattr(self.pipe, "unet") else None
+
+    @property
+    def fast_available(self) -> bool:
+        return self.fast_mode is not None
+
+    @property
+    def style_image_available(self) -> bool:
+        """True when the pipeline has an IP-Adapter to read a style image with."""
+        from ..style_image import style_adapter_of
+
+        return style_adapter_of(self.pipe) is not None
 
     @property
     def style_names(self) -> list[str]:
@@ -205,11 +228,45 @@ class PhotoMakerService:
                 control = to_rgb(drawing).resize((width, height), Image.Resampling.BICUBIC)
         return doodle, control, messages
 
+    def prepare_style_image(self, request: GenerationRequest) -> Image.Image | None:
+        """The style image as a small RGB picture (the IP-Adapter's image encoder reads 224
+        px; the job stays small), or ``None``. Refused when the server has no IP-Adapter."""
+        if request.style_image is None:
+            return None
+        if not self.style_image_available:
+            raise PhotoMakerInputError(
+                "The style image is off on this server (--style-adapter none, or an IP-Adapter "
+                "that could not be loaded): send the request without a style image."
+            )
+        image = self.load_drawing(request.style_image, "Style image")
+        if image is None:
+            return None
+        image = to_rgb(image)
+        image.thumbnail((STYLE_IMAGE_SIDE, STYLE_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        return image
+
     # -- validation and preparation -----------------------------------------------------
 
     def check_request(self, request: GenerationRequest) -> dict[str, Any]:
-        """Numbers, style and aspect ratio: cheap checks, no photos loaded yet."""
-        return check_request(request, self.styles, tiny=self.tiny, trigger_word=self.trigger_word)
+        """Numbers, style and aspect ratio: cheap checks, no photos loaded yet.
+
+        In fast mode the steps and guidance become the mode's (``values["fast_mode"]``),
+        whatever the request said: the distillation LoRA is made for them. A server without
+        a fast LoRA refuses ``fast=True`` here, before any photo is read."""
+        values = check_request(request, self.styles, tiny=self.tiny, trigger_word=self.trigger_word)
+        values["fast_mode"] = None
+        if values["fast"]:
+            mode = self.fast_mode
+            if mode is None:
+                raise PhotoMakerInputError(
+                    "Fast mode (fast) is off on this server: it has no fast LoRA (the setting "
+                    "--fast-lora / PHOTOMAKER_FAST_LORA is none, or its default LoRA could not "
+                    "be loaded). Send fast=false, or start the server with --fast-lora naming a "
+                    "distillation LoRA (hub id, owner/repo/file.safetensors, folder or file)."
+                )
+            values["fast_mode"] = mode
+            values["steps"], values["guidance_scale"] = mode.steps, mode.guidance_scale
+        return values
 
     def check_prompt(self, prompt: str, num_photos: int) -> list[str]:
         """The pipeline's tokenizer-only check; returns warnings (e.g. a cut-off prompt end)."""
@@ -229,6 +286,7 @@ class PhotoMakerService:
         doodle, control_image, notes = self.prepare_structure(
             request, values["width"], values["height"]
         )
+        style_image = self.prepare_style_image(request)
         # The trigger word is checked before faces so a prompt mistake is reported first.
         messages = self.check_prompt(values["prompt"], len(images)) + notes
         t_load = time.perf_counter()
@@ -278,8 +336,12 @@ class PhotoMakerService:
             adapter_conditioning_factor=values["adapter_conditioning_factor"],
             control_image=control_image,
             controlnet_conditioning_scale=values["controlnet_conditioning_scale"],
+            fast=values["fast"],
+            style_image=style_image,
+            style_image_scale=values["style_image_scale"],
         )
         context = {
+            "fast_mode": values["fast_mode"],
             "style": values["style"],
             "style_strength": values["style_strength"],
             "negative_prompt": values["negative_prompt"],
@@ -351,7 +413,13 @@ class PhotoMakerService:
         _raise_if_cancelled(cancel)
         t1 = time.perf_counter()
         generator = torch.Generator(device=self.generator_device()).manual_seed(job.seed)
-        with self.server_errors("generating the images"):
+        # Fast mode switches the pipeline (adapter on, the mode's scheduler) for this call
+        # only, under the lock; quality is put back on the way out, also after an error.
+        with (
+            self.server_errors("generating the images"),
+            generation_mode(pipe, job.fast),
+            style_image_mode(pipe, job.style_image, job.style_image_scale) as style,
+        ):
             output = pipe(
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt or None,
@@ -366,6 +434,7 @@ class PhotoMakerService:
                 output_type="pil",
                 callback_on_step_end=_interrupt_when_set(cancel) if cancel is not None else None,
                 **job.structure_kwargs(),
+                **style,
             )
         _raise_if_cancelled(cancel)  # interrupted: the images are unfinished, none are shown
         t2 = time.perf_counter()
@@ -464,10 +533,11 @@ class PhotoMakerService:
             "total": time.perf_counter() - t0,
         }
         logger.info(
-            "generated %d image(s) %dx%d, %d steps, seed %d, in %.1fs",
+            "generated %d image(s) %dx%d, %s, %d steps, seed %d, in %.1fs",
             len(output.images),
             job.width,
             job.height,
+            "fast" if job.fast else "quality",
             job.steps,
             job.seed,
             timings["total"],
@@ -501,4 +571,7 @@ class PhotoMakerService:
                 job.controlnet_conditioning_scale if job.control_image is not None else None
             ),
             likeness=scores,
+            fast_mode=context["fast_mode"].record() if context["fast_mode"] else None,
+            style_image=job.style_image is not None,
+            style_image_scale=job.style_image_scale if job.style_image is not None else None,
         )

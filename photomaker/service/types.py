@@ -40,6 +40,13 @@ class GenerationRequest:
     #: A control image for the server's ControlNet (``--controlnet``): pose, edges, depth...
     control_image: Any = None
     controlnet_conditioning_scale: float = default("controlnet_conditioning_scale")
+    #: Fast mode (:mod:`photomaker.fast`): the server's distillation LoRA, with the mode's own
+    #: steps and guidance in place of ``steps`` and ``guidance_scale``.
+    fast: bool = default("fast")
+    #: A picture whose look the images take on (the IP-Adapter's input): a path, PIL image
+    #: or numpy array; None for none.
+    style_image: Any = None
+    style_image_scale: float = default("style_image_scale")
 
 
 @dataclass
@@ -103,6 +110,18 @@ class GenerationJob:
     adapter_conditioning_factor: float = default("adapter_conditioning_factor")
     control_image: Image.Image | None = None
     controlnet_conditioning_scale: float = default("controlnet_conditioning_scale")
+    #: Run with the fast mode's LoRA and scheduler; ``steps`` and ``guidance_scale`` are then
+    #: already the mode's (the service put them in).
+    fast: bool = False
+    #: The style image, as a small RGB PIL image (the image encoder reads 224 px), or None.
+    style_image: Image.Image | None = None
+    style_image_scale: float = default("style_image_scale")
+
+    @property
+    def unet_calls_per_image(self) -> int:
+        """UNet evaluations per image: two per step with classifier-free guidance (the
+        pipeline's rule: guidance above 1), one without (the fast mode's default)."""
+        return self.steps * (2 if self.guidance_scale > 1 else 1)
 
     def structure_kwargs(self) -> dict[str, Any]:
         """The pipeline arguments of the doodle or the control image; none without them, so
@@ -153,6 +172,12 @@ class GenerationResult:
     adapter_conditioning_factor: float | None = None
     control_image: bool = False
     controlnet_conditioning_scale: float | None = None
+    #: The fast mode's record (:meth:`photomaker.fast.FastMode.record`: its LoRA, scheduler,
+    #: steps and guidance) when the images were made in fast mode; None in quality mode.
+    fast_mode: dict[str, Any] | None = None
+    #: Whether a style image steered the look, and how strongly (None without one).
+    style_image: bool = False
+    style_image_scale: float | None = None
     #: Each image's ID likeness (None: no face found in it); None for all when it could not
     #: be scored (no face analyzer, or no face in the ID photos): "likeness n/a".
     likeness: list[float | None] | None = None
@@ -168,8 +193,9 @@ class GenerationResult:
     @property
     def captions(self) -> list[str]:
         n = len(self.images)
+        mode = f" · fast, {self.steps} steps" if self.fast_mode else ""
         return [
-            f"seed {self.seed} · {self.style}"
+            f"seed {self.seed} · {self.style}{mode}"
             + (f" · {i + 1}/{n}" if n > 1 else "")
             + f" · {self.likeness_text(i)}"
             for i in range(n)

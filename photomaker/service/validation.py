@@ -8,6 +8,8 @@ import math
 import secrets
 from typing import Any
 
+import numpy as np
+
 from ..errors import PhotoMakerInputError
 from ..params import (
     ASPECT_RATIOS,
@@ -126,7 +128,9 @@ def check_request(
 ) -> dict[str, Any]:
     """The checks that need no model: numbers in range, a known style and aspect ratio, a
     prompt of at most :data:`MAX_PROMPT_CHARS` (negative: :data:`MAX_NEGATIVE_PROMPT_CHARS`).
-    Returns the normalized values, the seed to use, the size and the styled prompts."""
+    Returns the normalized values, the seed to use, the size and the styled prompts. ``fast``
+    is only checked to be a boolean here; whether the server has the mode, and the mode's
+    steps and guidance, are the service's (:meth:`PhotoMakerService.check_request`)."""
     styles = styles or default_styles()
     values: dict[str, Any] = {}
     for name in LIMITS:  # the table's order
@@ -134,6 +138,10 @@ def check_request(
             values["seed"] = secrets.randbelow(MAX_SEED + 1)
         else:
             values[name] = _number(name, getattr(request, name))
+    fast = getattr(request, "fast", False)
+    if not isinstance(fast, (bool, np.bool_)):
+        raise BY_NAME["fast"].fail(f"expected true or false, got {short_repr(fast, 60)}.")
+    values["fast"] = bool(fast)
     user_prompt = _check_text("prompt", request.prompt, MAX_PROMPT_CHARS)
     if not user_prompt.strip():
         raise PhotoMakerInputError(

@@ -34,6 +34,9 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 #: The doodle's two numbers when a request does not give them.
 DOODLE_SCALE = default("adapter_conditioning_scale")
 DOODLE_FACTOR = default("adapter_conditioning_factor")
+STYLE_IMAGE_SCALE = default("style_image_scale")
+#: The Quality/Fast choice on the page (the API's ``fast`` is False / True).
+QUALITY, FAST = "Quality", "Fast"
 #: What "Load settings from image" fills: the recorded /generate parameters in the API's
 #: order, and the Advanced accordion (opened) after randomize_seed.
 SETTINGS_OUTPUTS: tuple[str, ...] = tuple(
@@ -85,6 +88,9 @@ class AppHandlers:
         doodle: str | None = None,
         adapter_conditioning_scale: float = DOODLE_SCALE,
         adapter_conditioning_factor: float = DOODLE_FACTOR,
+        fast: bool = False,
+        style_image: str | None = None,
+        style_image_scale: float = STYLE_IMAGE_SCALE,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
     ):
         """Generate pictures of the person in `photos`.
@@ -104,6 +110,9 @@ class AppHandlers:
             doodle: optional rough drawing that sets the layout (dark strokes on white or transparent, or white on black), stretched to the picture; null for none. Needs the doodle adapter on the server.
             adapter_conditioning_scale: how strongly the doodle steers, 0-1 (the UI offers 0.5-1).
             adapter_conditioning_factor: the share of the steps, from the first, that the doodle steers, 0-1 (the UI offers 0.5-1).
+            fast: true for the fast mode: the server's distillation LoRA with its own steps and guidance in place of steps and guidance_scale. Needs a fast LoRA on the server.
+            style_image: optional picture whose look the images take on (an IP-Adapter); null for none. Needs the style adapter on the server.
+            style_image_scale: how strongly the style image steers, 0-1.
         Returns:
             The images (PNG files named photomaker-<seed>-<n>.png that carry their settings and likeness, with captions that end in the likeness) and the seed used.
         """
@@ -122,6 +131,9 @@ class AppHandlers:
             doodle=doodle or None,
             adapter_conditioning_scale=adapter_conditioning_scale,
             adapter_conditioning_factor=adapter_conditioning_factor,
+            fast=fast,
+            style_image=style_image or None,
+            style_image_scale=style_image_scale,
         )
         cancel = threading.Event()
         context = contextvars.copy_context()  # Gradio's progress tracking lives in it
@@ -181,15 +193,48 @@ class AppHandlers:
         sketch: dict | None,
         adapter_conditioning_scale: float,
         adapter_conditioning_factor: float,
+        mode: str = QUALITY,
+        style_image: str | None = None,
+        style_image_scale: float = STYLE_IMAGE_SCALE,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio's way)
     ):
-        """:meth:`generate` from the page: the doodle is the Sketchpad's drawing, when enabled."""
+        """:meth:`generate` from the page: the doodle is the Sketchpad's drawing, when
+        enabled; ``mode`` the Quality/Fast choice; the style image as uploaded."""
         return await self.generate(
             photos, prompt, negative_prompt, style, aspect_ratio, steps, style_strength,
             num_outputs, guidance_scale, seed, randomize_seed,
             self.read_doodle(doodle_enabled, sketch), adapter_conditioning_scale,
-            adapter_conditioning_factor, progress=progress,
+            adapter_conditioning_factor, mode == FAST, style_image, style_image_scale,
+            progress=progress,
         )  # fmt: skip
+
+    def mode_note(self, mode: str) -> str:
+        """What the chosen mode does and trades, under the Quality/Fast choice."""
+        fast_mode = getattr(self.service, "fast_mode", None)
+        if fast_mode is None:
+            return ""
+        if mode == FAST:
+            return fast_mode.trade()
+        steps = ui_steps(self.settings)
+        return (
+            f"Quality: {steps} steps (or the Steps slider's), guidance "
+            f"{default('guidance_scale'):g}, the negative prompt used. Fast mode: "
+            f"{fast_mode.steps} steps."
+        )
+
+    def mode_changed(self, mode: str):
+        """Quality/Fast chosen: the Steps and Guidance sliders show the mode's values (locked
+        in fast mode, where the mode sets them), the note says what the mode trades."""
+        fast_mode = getattr(self.service, "fast_mode", None)
+        if mode == FAST and fast_mode is not None:
+            steps, guidance, free = fast_mode.steps, fast_mode.guidance_scale, False
+        else:
+            steps, guidance, free = ui_steps(self.settings), default("guidance_scale"), True
+        return (
+            _slider_to(steps, *self.ui_range("steps"), interactive=free),
+            _slider_to(guidance, *self.ui_range("guidance_scale"), interactive=free),
+            self.mode_note(mode),
+        )
 
     @staticmethod
     def read_doodle(enabled: bool, sketch: dict | None):
@@ -339,16 +384,26 @@ class AppHandlers:
         except PhotoMakerInputError as err:
             raise user_error(err) from None
         gr.Info(f"Settings of {Path(path).name} loaded: seed {meta.get('seed')}, Randomize off.")
+        if meta.get("style_image"):
+            gr.Warning(
+                "That picture was made with a style image, which PNGs do not keep: add it again."
+            )
         if meta.get("doodle"):
             gr.Warning(
                 "That picture was made with a doodle, which PNGs do not keep: draw it again."
             )
+        if meta.get("mode") == "fast" and not getattr(self.service, "fast_available", False):
+            gr.Warning("That picture was made in fast mode, which this server does not have.")
+        fast = meta.get("mode") == "fast" and getattr(self.service, "fast_available", False)
         values = []
         for name in SETTINGS_OUTPUTS:
             if name == "advanced":
                 values.append(gr.update(open=True))
             else:
-                values.append(self._setting_from(BY_NAME[name], meta))
+                value = self._setting_from(BY_NAME[name], meta)
+                if name in ("steps", "guidance_scale") and isinstance(value, dict):
+                    value["interactive"] = not fast  # the fast mode sets them
+                values.append(value)
         return tuple(values)
 
     @staticmethod
@@ -363,6 +418,9 @@ class AppHandlers:
             return False
         if param.name == "seed":
             return gr.update(value=value, interactive=True)
+        if param.name == "fast":  # PNGs from before the fast mode were made in quality mode
+            available = getattr(self.service, "fast_available", False)
+            return FAST if value == "fast" and available else QUALITY
         if param.kind == "text":
             return value or ""
         if param.name == "style":
@@ -426,12 +484,17 @@ def _why_not(kind: str) -> str:
     return "Add photos to generate" if kind == "empty" else "Fix the photos to generate"
 
 
-def _slider_to(value: Any, low: float, high: float):
+def _slider_to(value: Any, low: float, high: float, **extra: Any):
     """A slider update to ``value``, widening the slider's range when the value (sent through
-    the API) lies outside the UI's normal range."""
+    the API, or the fast mode's 8 steps) lies outside the UI's normal range."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return gr.update()
-    return gr.update(value=value, minimum=min(low, value), maximum=max(high, value))
+        return gr.update(**extra)
+    return gr.update(value=value, minimum=min(low, value), maximum=max(high, value), **extra)
+
+
+def ui_steps(settings: Settings) -> int:
+    """The Steps slider's first value: the table's default, 4 in tiny mode."""
+    return 4 if settings.tiny else default("steps")
 
 
 def _log_cancelled_outcome(work) -> None:

@@ -17,7 +17,16 @@ from ..params import ASPECT_RATIOS, BY_NAME
 from ..service import PhotoMakerService
 from ..settings import Settings, on_zerogpu
 from . import api, compat
-from .handlers import AppHandlers, _why_not, example_caption, merge_hint, status_html
+from .handlers import (
+    FAST,
+    QUALITY,
+    AppHandlers,
+    _why_not,
+    example_caption,
+    merge_hint,
+    status_html,
+    ui_steps,
+)
 from .look import css, static_text, theme, tips
 
 #: What the photo uploads accept: any image the browser offers, plus iPhone (HEIC/HEIF) and
@@ -41,8 +50,8 @@ def check_settings(settings: Settings) -> None:
 
 def ui_default(name: str, settings: Settings) -> Any:
     """A component's first value: the table's default (fewer steps in tiny mode)."""
-    if name == "steps" and settings.tiny:
-        return 4
+    if name == "steps":
+        return ui_steps(settings)
     return BY_NAME[name].default
 
 
@@ -89,6 +98,8 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             with gr.Column(scale=1, min_width=320):
                 photo_section(page, service, settings)
                 doodle_section(page, handlers, service)
+                style_image_section(page, handlers, service)
+                mode_section(page, handlers, service)
                 generate_row(page)
             with gr.Column(scale=1, min_width=320, elem_id="results"):
                 results_section(page)
@@ -206,6 +217,41 @@ def doodle_section(page: Page, handlers: AppHandlers, service: PhotoMakerService
             page["adapter_conditioning_factor"] = slider(
                 "adapter_conditioning_factor", handlers, elem_id="doodle-factor"
             )
+
+
+def style_image_section(page: Page, handlers: AppHandlers, service: PhotoMakerService) -> None:
+    """An optional style image and its strength (when the server has the IP-Adapter)."""
+    available = bool(getattr(service, "style_image_available", False))
+    with gr.Accordion(
+        "Style image (optional)", open=False, visible=available, elem_id="style-image-area"
+    ):
+        page["style_image"] = gr.Image(
+            label=BY_NAME["style_image"].label + ": the pictures take on its look",
+            type="filepath",
+            sources=["upload", "clipboard"],
+            height=220,
+            elem_id="style-image",
+        )
+        page["style_image_scale"] = slider(
+            "style_image_scale", handlers, elem_id="style-image-scale"
+        )
+
+
+def mode_section(page: Page, handlers: AppHandlers, service: PhotoMakerService) -> None:
+    """Quality or Fast (when the server has a fast LoRA), and what the chosen mode trades."""
+    available = bool(getattr(service, "fast_available", False))
+    param = BY_NAME["fast"]
+    page["fast"] = gr.Radio(
+        choices=[QUALITY, FAST],
+        value=QUALITY,
+        label=param.ui_label or param.label,
+        info=param.info,
+        visible=available,
+        elem_id="mode",
+    )
+    page["mode_note"] = gr.Markdown(
+        handlers.mode_note(QUALITY), visible=available, elem_id="mode-note"
+    )
 
 
 def generate_row(page: Page) -> None:
@@ -328,6 +374,14 @@ def api_endpoint(
     """``/generate``: hidden inputs from the table, checked in the handler (:mod:`.api`)."""
     doodle_on = bool(getattr(service, "doodle_available", False))
     notes = {} if doodle_on else {"doodle": " The doodle is off on this server: refused."}
+    if not getattr(service, "style_image_available", False):
+        notes["style_image"] = " The style image is off on this server: refused."
+    mode = getattr(service, "fast_mode", None)
+    notes["fast"] = (
+        " The fast mode is off on this server: true is refused."
+        if mode is None
+        else f" On this server: {mode.name}, {mode.steps} steps, guidance {mode.guidance_scale:g}."
+    )
     inputs = api.api_inputs(
         service.style_names,
         service.trigger_word,
@@ -364,7 +418,7 @@ def wire_generate(page: Page, handlers: AppHandlers) -> None:
     names = ["photos", "prompt", "negative_prompt", "style", "aspect_ratio", "steps",
              "style_strength", "num_outputs", "guidance_scale", "seed", "randomize_seed",
              "enable_doodle", "sketchpad", "adapter_conditioning_scale",
-             "adapter_conditioning_factor"]  # fmt: skip
+             "adapter_conditioning_factor", "fast", "style_image", "style_image_scale"]  # fmt: skip
     # The page sends the Sketchpad (when the doodle is enabled); both this and /generate
     # wait in the one GPU queue.
     run = gr.on(
@@ -396,7 +450,8 @@ def wire_generate(page: Page, handlers: AppHandlers) -> None:
 
 
 def wire_form(page: Page, handlers: AppHandlers) -> None:
-    """The form's own events: photos, seed, merge hint, settings from a PNG, doodle, examples."""
+    """The form's own events: photos, seed, merge hint, settings from a PNG, doodle, mode,
+    examples."""
     private = {"api_visibility": "private"}
     page["photo_view"].change(
         handlers.photos_from_view, [page["photo_view"], page["photos"]], page["photos"],
@@ -423,6 +478,15 @@ def wire_form(page: Page, handlers: AppHandlers) -> None:
     page["settings_file"].upload(
         handlers.load_settings, page["settings_file"],
         [page[name] for name in handlers.settings_outputs()], **private,
+    )  # fmt: skip
+    page["fast"].input(
+        handlers.mode_changed, page["fast"],
+        [page["steps"], page["guidance_scale"], page["mode_note"]],
+        show_progress="hidden", queue=False, **private,
+    )  # fmt: skip
+    page["fast"].change(
+        handlers.mode_note, page["fast"], page["mode_note"],
+        show_progress="hidden", queue=False, **private,
     )  # fmt: skip
     page["enable_doodle"].change(
         handlers.doodle_toggled, page["enable_doodle"], page["doodle_area"],

@@ -42,6 +42,7 @@ def theme() -> gr.themes.Base:
         button_primary_text_color="white",
         button_secondary_text_color="*neutral_800",
         checkbox_label_text_color="*neutral_800",
+        checkbox_label_background_fill_selected="*primary_700",  # white on it: Quality/Fast
         button_cancel_background_fill="#b91c1c",
         button_cancel_background_fill_hover="#991b1b",
         button_cancel_border_color="#b91c1c",
@@ -70,6 +71,21 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
         if getattr(service, "doodle_available", False)
         else ""
     )
+    mode = getattr(service, "fast_mode", None)
+    fast = (
+        f"\n- **Fast** runs {mode.name} ({mode.steps} steps, guidance {mode.guidance_scale:g}) "
+        "in place of the Steps and Guidance sliders: a draft in a fraction of the time, usually "
+        "with less detail and a weaker likeness; the style strength still sets where the "
+        "identity comes in (a step or two)."
+        if mode is not None
+        else ""
+    )
+    style = (
+        "\n- **Style image** (optional): the pictures take on its colours, medium and mood; "
+        "the strength says how much."
+        if getattr(service, "style_image_available", False)
+        else ""
+    )
     return f"""
 - Upload **1 to {settings.max_photos} photos** of one person; several photos from different
   angles give a better likeness. Faces should be clear and not too small.{faces}
@@ -79,7 +95,7 @@ def tips(service: PhotoMakerService, settings: Settings) -> str:
 - **Style strength** is the share of the steps that see only your text before the identity
   comes in: 15–20% for likeness, 30–50% for stylized pictures.
 - The same photos, prompt, settings and seed always give the same pictures: *Reuse this seed*,
-  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}
+  or *Load settings from image* with one of the PNGs you downloaded (they carry their settings).{doodle}{style}{fast}
 - Each caption ends with the picture's **likeness** to the person: the cosine similarity of
   face embeddings (ArcFace), about 0.4–0.7 for a good likeness; "no face found" when the
   picture shows no face.
