@@ -3,13 +3,24 @@
 Under ``CI=true`` a skip is a failure: a missing test input (the reference implementation in
 ``.oracle/``, Chromium, an image codec) must not turn a red run green by quietly running fewer
 tests. Only tests marked ``gpu`` may skip there, since CI has no GPU. A plain local ``pytest``
-still skips, with the reason in the summary (``-ra``)."""
+still skips, with the reason in the summary (``-ra``).
+
+One CPU thread per process for torch (``OMP_NUM_THREADS``, unless set already; subprocesses
+inherit it): the tiny models' operations are far too small to gain from a second thread, and
+on a shared or oversubscribed machine the OpenMP threads wait on each other — a tiny
+pipeline call measured 0.08 s with one thread and 2.3 s with two on this project's busy
+2-core machine."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 

@@ -278,40 +278,50 @@ BLOCKER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_gpu_script_dry_run_without_gradio_insightface_open_clip(tmp_path):
-    plan = "full/unet/1,full/eager/2x1,full/eager/2x2,model-offload/eager/2x1"
+#: One dry run serves both tests below (a run of the script is a process that imports torch,
+#: diffusers and builds the tiny models): the first test's runs and issue 16's, in the order
+#: the script runs them (its groups: full — bare UNet first, fast last — model-offload, fp8,
+#: group-offload, then the A/B run).
+DRY_RUN_PLAN = (
+    "full/unet/1,full/eager/2x1,full/eager/2x2,full/fast/8x1,model-offload/eager/2x1,"
+    "fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
+)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    out = tmp_path_factory.mktemp("dry-run")
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, "--dry-run", "--plan", plan, "--warmup-steps", "1",
-         "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", BLOCKER, "--dry-run", "--plan", DRY_RUN_PLAN, "--warmup-steps", "1",
+         "--out-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads((tmp_path / "results-gpu.json").read_text())
-    assert [r["name"] for r in data["runs"]] == plan.split(",")
+    data = json.loads((out / "results-gpu.json").read_text())
+    assert all(r["status"] == "ok" for r in data["runs"]), [r.get("error") for r in data["runs"]]
+    return proc, out, data
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_without_gradio_insightface_open_clip(dry_run):
+    proc, out, data = dry_run
+    assert [r["name"] for r in data["runs"]] == DRY_RUN_PLAN.split(",")
     assert all(r["status"] == "ok" for r in data["runs"]), [r.get("error") for r in data["runs"]]
     by_name = {r["name"]: r for r in data["runs"]}
     two = by_name["full/eager/2x2"]
     assert two["steps_measured"] == 2 and two["seconds_per_image"] == pytest.approx(
         two["seconds"] / 2
     )
-    assert two["tflop"] > 0 and "dry-run mode" in (tmp_path / "results-gpu.md").read_text()
+    assert two["tflop"] > 0 and "dry-run mode" in (out / "results-gpu.md").read_text()
     assert "blocked" not in proc.stdout + proc.stderr
-    plot.plot(plot.load([tmp_path / "results-gpu.json"]), tmp_path / "gpu.png")
+    plot.plot(plot.load([out / "results-gpu.json"]), out / "gpu.png")
 
 
 @pytest.mark.slow
-def test_gpu_script_dry_run_of_the_issue_16_runs(tmp_path):
+def test_gpu_script_dry_run_of_the_issue_16_runs(dry_run):
     """Fast mode, the fp8 and group-offload modes and the interleaved A/B run on tiny models;
     the results file has the ratio table and the A/B section in words."""
-    plan = "full/eager/2x1,full/fast/8x1,fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, "--dry-run", "--plan", plan, "--warmup-steps", "1",
-         "--out-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads((tmp_path / "results-gpu.json").read_text())
+    _, out, data = dry_run
     by_name = {r["name"]: r for r in data["runs"]}
     assert all(r["status"] == "ok" for r in data["runs"]), [r.get("error") for r in data["runs"]]
     fast_run = by_name["full/fast/8x1"]
@@ -320,6 +330,6 @@ def test_gpu_script_dry_run_of_the_issue_16_runs(tmp_path):
     ab = by_name["full/ab/2x1"]
     assert ab["variants"] == ["ours-v1", "ours-v2", "ours-v2-fast"] and ab["baseline"] == "ours-v1"
     assert set(ab["spread_vs_baseline"]) == {"ours-v2", "ours-v2-fast"}
-    text = (tmp_path / "results-gpu.md").read_text()
+    text = (out / "results-gpu.md").read_text()
     assert "### Ratios to full/eager/2x1" in text and "| full/fast/8x1 |" in text
     assert "interleaved rounds; per-round ratios" in text and "reference-v1: not run" in text

@@ -39,7 +39,7 @@ from photomaker.tiny import (
 )
 
 STEPS = 2
-SIZE = TINY_IMAGE_SIZE
+SIZE = TINY_IMAGE_SIZE // 2  # 32 px: 16² latents, 8² after the down block; every path runs
 PROMPTS = ["a photo of a woman img wearing a red hat", "a portrait of a man img, oil painting"]
 KINDS = ["plain", "adapter", "controlnet"]
 CLASSES = {
