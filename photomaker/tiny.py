@@ -246,20 +246,12 @@ def tiny_ip_adapter_state_dict(unet: nn.Module | None = None, seed: int = 0) -> 
 
 
 def write_tiny_style_adapter(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """A tiny IP-Adapter in the released folder layout: ``folder/ip-adapter_sdxl.safetensors``
-    and its image encoder in ``folder/image_encoder/`` (as in h94/IP-Adapter's
-    ``sdxl_models``). Returns the weight file."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    build_tiny_image_encoder(seed).save_pretrained(folder / "image_encoder")
-    path = folder / "ip-adapter_sdxl.safetensors"
-    state = {k: v.contiguous() for k, v in tiny_ip_adapter_state_dict(seed=seed).items()}
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-    return path
+    """The app's tiny IP-Adapter: ``folder/ip-adapter_sdxl.safetensors`` with its image
+    encoder in ``folder/image_encoder/`` (one ``sdxl_models`` folder of h94/IP-Adapter).
+    Returns the weight file."""
+    weight_name = "ip-adapter_sdxl.safetensors"
+    write_tiny_ip_adapter(folder, seed=seed, subfolder="", weight_name=weight_name)
+    return Path(folder) / weight_name
 
 
 def random_state_dict(module: nn.Module, seed: int = 0, mixed_dtypes: bool = False) -> dict:
@@ -396,47 +388,31 @@ def write_tiny_ip_adapter(
 ) -> Path:
     """A random IP-Adapter (style image) for the tiny UNet, in the layout of ``h94/IP-Adapter``.
 
-    Writes ``folder/subfolder/image_encoder/`` (a tiny ``CLIPVisionModelWithProjection``, as
-    ``transformers`` saves it) and ``folder/subfolder/weight_name``: ``{"image_proj": {proj,
-    norm}, "ip_adapter": {"1.to_k_ip.weight", "1.to_v_ip.weight", "3.…", …}}`` — one pair per
-    cross-attention layer, numbered 1, 3, 5… in the UNet's order, as the released
-    ``ip-adapter_sdxl.bin`` is. So ``pipe.load_ip_adapter(folder, subfolder=subfolder,
-    weight_name=weight_name)`` loads it through diffusers' own ``IPAdapterMixin``. Returns
-    ``folder``.
+    Writes ``folder/subfolder/image_encoder/`` (:func:`build_tiny_image_encoder`, as
+    ``transformers`` saves it) and ``folder/subfolder/weight_name``
+    (:func:`tiny_ip_adapter_state_dict`): a ``.bin`` as the released ``ip-adapter_sdxl.bin`` is,
+    ``{"image_proj": {...}, "ip_adapter": {"1.to_k_ip.weight", ...}}``, or a flat
+    ``.safetensors`` with ``image_proj.``/``ip_adapter.`` prefixes. Either way
+    ``pipe.load_ip_adapter(folder, subfolder=subfolder, weight_name=weight_name)`` loads it
+    through diffusers' own ``IPAdapterMixin``. Returns ``folder``.
     """
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    unet = unet if unet is not None else build_tiny_components(seed)["unet"]
     root = Path(folder) / subfolder
-    _seeded(seed, "ip_adapter_image_encoder")
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16)
-    )
-    encoder.save_pretrained(root / "image_encoder")
-    generator = torch.Generator().manual_seed(seed)
-    cross_dim = unet.config.cross_attention_dim
-    embed_dim = encoder.config.projection_dim
-    image_proj = {
-        "proj.weight": torch.randn(4 * cross_dim, embed_dim, generator=generator) / embed_dim**0.5,
-        "proj.bias": 0.1 * torch.randn(4 * cross_dim, generator=generator),
-        "norm.weight": torch.ones(cross_dim),
-        "norm.bias": torch.zeros(cross_dim),
-    }
-    ip_adapter = {}
-    cross_attentions = [
-        name[: -len(".processor")]
-        for name in unet.attn_processors
-        if not name.endswith("attn1.processor")
-    ]
-    modules = dict(unet.named_modules())
-    for k, name in enumerate(cross_attentions):
-        hidden = modules[name].to_k.out_features
-        for projection in ("to_k_ip", "to_v_ip"):
-            weight = torch.randn(hidden, cross_dim, generator=generator) / cross_dim**0.5
-            ip_adapter[f"{2 * k + 1}.{projection}.weight"] = weight
     root.mkdir(parents=True, exist_ok=True)
-    torch.save({"image_proj": image_proj, "ip_adapter": ip_adapter}, root / weight_name)
+    build_tiny_image_encoder(seed).save_pretrained(root / "image_encoder")
+    state = {k: v.contiguous() for k, v in tiny_ip_adapter_state_dict(unet, seed).items()}
+    path = root / weight_name
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp))
+    else:
+        nested: dict[str, dict] = {"image_proj": {}, "ip_adapter": {}}
+        for key, value in state.items():
+            entry, name = key.split(".", 1)
+            nested[entry][name] = value
+        torch.save(nested, tmp)
+    tmp.replace(path)
     return Path(folder)
 
 
