@@ -141,7 +141,8 @@ def photos(tmp_path_factory):
     return {"faces": faces, "blank": str(blank), "text": str(text), "fake": str(fake)}
 
 
-def call(client, photo_paths, **changes):
+def generate_kwargs(photo_paths, **changes) -> dict:
+    """A small /generate request (2 steps, one image, seed 1) with ``changes``."""
     from gradio_client import handle_file
 
     kwargs = dict(
@@ -158,7 +159,11 @@ def call(client, photo_paths, **changes):
         randomize_seed=False,
     )
     kwargs.update(changes)
-    return client.predict(**kwargs, api_name="/generate")
+    return kwargs
+
+
+def call(client, photo_paths, **changes):
+    return client.predict(**generate_kwargs(photo_paths, **changes), api_name="/generate")
 
 
 def load(gallery) -> list[np.ndarray]:

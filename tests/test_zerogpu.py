@@ -31,6 +31,7 @@ from PIL import Image
 
 from photomaker import zerogpu
 from photomaker.errors import GenerationCancelled, PhotoMakerInputError, PhotoMakerServerError
+from tests.test_app_api import generate_kwargs, load
 from tests.zerogpu.device_api import DeviceAPI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,27 +163,7 @@ def call(client, photos: list[str], **changes):
 
 
 def submit(client, photos: list[str], **changes):
-    from gradio_client import handle_file
-
-    kwargs = dict(
-        photos=[handle_file(p) for p in photos],
-        prompt="a photo of a man img in the snow",
-        negative_prompt="blurry",
-        style="Photographic (Default)",
-        aspect_ratio="1:1 square (1024×1024)",
-        steps=2,
-        style_strength=20,
-        num_outputs=1,
-        guidance_scale=5.0,
-        seed=1,
-        randomize_seed=False,
-    )
-    kwargs.update(changes)
-    return client.submit(**kwargs, api_name="/generate")
-
-
-def load(gallery) -> list[np.ndarray]:
-    return [np.asarray(Image.open(item["image"])) for item in gallery]
+    return client.submit(**generate_kwargs(photos, **changes), api_name="/generate")
 
 
 def works_again(space: Space, client, photos: list[str]) -> None:
