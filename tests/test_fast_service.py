@@ -15,38 +15,14 @@ from photomaker.cli import EXIT_USER_ERROR, main
 from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import build_service
 from photomaker.metadata import build_metadata, parameters_text, read_metadata
-from photomaker.service import GenerationRequest, merge_step
+from photomaker.service import merge_step
 from photomaker.settings import Settings
-from photomaker.tiny_faces import draw_tiny_face
-
-PROMPT = "a photo of a man img in the snow"
-
-
-def face_photo(variant: int) -> Image.Image:
-    return draw_tiny_face(Image.new("RGB", (256, 256), "white"), (80, 60, 176, 190), variant)
+from tests.test_service_extras import PROMPT, face_photo, pixels, request
 
 
 @pytest.fixture(scope="module")
 def service():
     return build_service(Settings(tiny=True))
-
-
-def request(**changes) -> GenerationRequest:
-    values = dict(
-        photos=[face_photo(0), face_photo(1)],
-        prompt=PROMPT,
-        steps=3,
-        num_outputs=1,
-        seed=7,
-        randomize_seed=False,
-        aspect_ratio="1:1 square (1024×1024)",
-    )
-    values.update(changes)
-    return GenerationRequest(**values)
-
-
-def pixels(result) -> list[np.ndarray]:
-    return [np.asarray(image) for image in result.images]
 
 
 class UNetWatch:
