@@ -39,7 +39,9 @@ See bench/README.md for the command that runs it on a lent GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import inspect
 import json
 import re
 import statistics
@@ -337,7 +339,11 @@ def timed_call(pipe, clock: Clock, kwargs: dict) -> dict:
         clock.sync()
         wall = time.perf_counter()
         start = clock.mark()
-        images = pipe(callback_on_step_end=on_step_end, **kwargs).images
+        if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+            images = pipe(callback_on_step_end=on_step_end, **kwargs).images
+        else:  # the reference (photomakerv 0.1.0) has diffusers' older per-step callback
+            images = pipe(callback=lambda *a: marks.append(clock.mark()), callback_steps=1,
+                          **kwargs).images  # fmt: skip
         end = clock.mark()
         clock.sync()
         wall = time.perf_counter() - wall
@@ -379,7 +385,75 @@ def run_unet(pipe, spec: RunSpec, args, device, dtype, clock: Clock) -> dict:
         end = clock.mark()
         clock.sync()
     per_call = clock.seconds(start, end) / spec.steps
-    return {"unet_call_s": per_call, "step_s": per_call, **memory(device)}
+    result = {"unet_call_s": per_call, "step_s": per_call, **memory(device)}
+    result["attention_backends_ms"] = time_attention_backends(pipe, inputs, clock, spec.steps)
+    timed = {k: v for k, v in result["attention_backends_ms"].items() if isinstance(v, float)}
+    if timed and args.sdpa_backend == "auto":
+        args.sdpa_backend_chosen = min(timed, key=timed.get)
+    result["sdpa_backend_for_compiled_runs"] = args.sdpa_backend_chosen
+    return result
+
+
+#: The SDPA kernels worth timing on a GPU (math is the slow reference, never the fastest).
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+def time_attention_backends(pipe, inputs: dict, clock: Clock, calls: int) -> dict:
+    """Milliseconds per bare UNet call with each SDPA kernel forced (``sdpa_kernel``), or the
+    error that kernel gave; on the CPU only the default (the GPU kernels do not exist)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    found: dict = {}
+    if not clock.cuda:
+        return found
+    for name in SDPA_BACKENDS:
+        try:
+            with torch.no_grad(), sdpa_kernel(getattr(SDPBackend, name)):
+                for _ in range(2):
+                    pipe.unet(**inputs)
+                clock.sync()
+                start = clock.mark()
+                for _ in range(calls):
+                    pipe.unet(**inputs)
+                end = clock.mark()
+                clock.sync()
+            found[name] = clock.seconds(start, end) / calls * 1000
+        except Exception as error:  # a kernel that cannot run these shapes: say which
+            found[name] = f"{type(error).__name__}: {str(error)[:160]}"
+    return found
+
+
+def attention_context(args):
+    """The SDPA kernel order the compiled runs use: the chosen one first, the rest after it as
+    fall-backs for shapes it cannot take; the default order when none was chosen."""
+    import contextlib
+
+    if args.sdpa_backend_chosen in (None, "default"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [args.sdpa_backend_chosen] + [b for b in SDPA_BACKENDS if b != args.sdpa_backend_chosen]
+    return sdpa_kernel([getattr(SDPBackend, b) for b in order] + [SDPBackend.MATH],
+                       set_priority=True)  # fmt: skip
+
+
+def compile_unet_for_bench(pipe, args, tuned: bool) -> dict:
+    """``torch.compile`` the UNet; ``tuned``: channels-last weights and activations and
+    inductor's ``conv_1x1_as_mm`` (diffusers' documented settings for SDXL, without the
+    minutes-long max-autotune), under the chosen SDPA kernel (:func:`attention_context`)."""
+    options = {"backend": args.compile_backend}
+    if args.compile_backend == "inductor":
+        options["mode"] = args.compile_mode
+        import torch._inductor.config as inductor_config
+
+        inductor_config.conv_1x1_as_mm = tuned
+    if tuned:
+        pipe.unet.to(memory_format=torch.channels_last)
+    else:
+        pipe.unet.to(memory_format=torch.contiguous_format)
+    pipe.unet.compile(**options)
+    return {"compile_options": {**options, "channels_last": tuned, "conv_1x1_as_mm": tuned,
+                                "sdpa_backend": args.sdpa_backend_chosen if tuned else "default"}}
 
 
 def attach_fast(pipe, args, device) -> dict:
@@ -425,15 +499,37 @@ def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -
         timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
         result["compile_and_first_call_s"] = time.perf_counter() - first
     if spec.backend in ("compile", "compile-fast") and not state.get("compiled"):
-        options = {"backend": args.compile_backend}
-        if args.compile_backend == "inductor":
-            options["mode"] = args.compile_mode
-        pipe.unet.compile(**options)
-        state["compiled"] = True
-        common.say(f"    compiling the UNet ({options}); the first call includes it")
         first = time.perf_counter()
-        timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
+        tuned = args.compile_tuning
+        state["compile"] = compile_unet_for_bench(pipe, args, tuned)
+        common.say(f"    compiling the UNet ({state['compile']}); the first call includes it")
+        try:
+            with attention_context(args) if tuned else contextlib.nullcontext():
+                timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
+        except Exception:
+            if not tuned:
+                raise
+            # the tuned settings failed: record why and compile once more without them
+            state["compile_tuned_error"] = _error_line(traceback.format_exc())
+            common.say(f"    tuned compile failed ({state['compile_tuned_error']}); plain one")
+            args.compile_tuning = tuned = False
+            free_memory(device, compiled=True)  # Module.compile again replaces the compiled call
+            state["compile"] = compile_unet_for_bench(pipe, args, False)
+            timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
+        state["compiled"] = True
         result["compile_and_first_call_s"] = time.perf_counter() - first
+    if spec.backend in ("compile", "compile-fast"):
+        result.update(state["compile"])
+        if "compile_tuned_error" in state:
+            result["compile_tuned_error"] = state["compile_tuned_error"]
+    tuned_attention = spec.backend in ("compile", "compile-fast") and args.compile_tuning
+    with attention_context(args) if tuned_attention else contextlib.nullcontext():
+        return _measure(pipe, spec, args, device, clock, state, result, fast_mode)
+
+
+def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, result: dict,
+             fast_mode: bool) -> dict:  # fmt: skip
+    """The timed part of :func:`run_pipeline`: a fast-mode warm call if needed, then one call."""
     if fast_mode and not state.get(f"warm-{spec.backend}"):  # the adapter flags recompile once
         first = time.perf_counter()
         fast_call(pipe, clock, call_kwargs(args, spec.steps, spec.images))
@@ -806,6 +902,29 @@ def markdown(data: dict) -> str:
         lines.append(
             f"\nCompile + first call ({run['name']}): {_f(run['compile_and_first_call_s'], 1)} s."
         )
+    for run in data["runs"]:
+        kernels = run.get("attention_backends_ms") if run["status"] == "ok" else None
+        if kernels:
+            lines.append(
+                f"\nBare UNet call by SDPA kernel ({run['name']}): "
+                + "; ".join(
+                    f"{name} {_f(v, 1)} ms" if isinstance(v, float) else f"{name} failed ({v})"
+                    for name, v in kernels.items()
+                )
+                + f". The tuned compiled runs use {run.get('sdpa_backend_for_compiled_runs')}."
+            )
+        if run["status"] == "ok" and run.get("compile_options"):
+            options = run["compile_options"]
+            lines.append(
+                f"\n{run['name']} compiled with "
+                + ", ".join(f"{k} {v}" for k, v in options.items())
+                + (
+                    f"; the tuned settings failed first ({run['compile_tuned_error']})"
+                    if run.get("compile_tuned_error")
+                    else ""
+                )
+                + "."
+            )
     builds = data.get("builds", {})
     if builds:
         lines.append(
@@ -853,7 +972,16 @@ def markdown(data: dict) -> str:
         "For scale (quoted, not measured here): the reference README reports 14 s/image on a "
         "V100 (fp16) and an 11 GB minimum.",
         "",
-        f"Script time: {_f(data.get('elapsed_s'), 0)} s.",
+        f"Script time: {_f(data.get('elapsed_s'), 0)} s"
+        + (
+            " over "
+            + str(len(data["parts"]))
+            + " commands on one machine ("
+            + "; ".join(f"{p['started']}: {', '.join(p['plan'])}" for p in data["parts"])
+            + ")."
+            if data.get("parts")
+            else "."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -910,6 +1038,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compile-backend", default=None, help="default inductor (dry run: eager)")
     parser.add_argument(
+        "--compile-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compile runs: channels-last, inductor conv_1x1_as_mm and the SDPA kernel of "
+        "--sdpa-backend (a failure falls back to a plain compile, recorded)",
+    )
+    parser.add_argument(
+        "--sdpa-backend",
+        default="auto",
+        choices=["auto", "default", *SDPA_BACKENDS],
+        help="SDPA kernel of the tuned compile runs; auto: the fastest in the unet run's "
+        "per-kernel timings (default order when there is no unet run)",
+    )
+    parser.add_argument(
         "--budget-s",
         type=float,
         default=420.0,
@@ -922,6 +1064,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dense bf16 peak of the device (default: from its name)",
     )
     parser.add_argument("--bpe", default=None, help="CLIP's bpe_simple_vocab_16e6.txt.gz")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: join the runs of several results-gpu.json files of one device "
+        "(e.g. two commands of one lease) into --out-dir's results-gpu.md/.json",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.size = "tiny" if args.dry_run else "full"
@@ -937,6 +1088,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ]  # fmt: skip
         args.plan = list(dict.fromkeys(small))
     args.ab_rounds = args.ab_rounds or (1 if args.dry_run else 3)
+    args.sdpa_backend_chosen = None if args.sdpa_backend == "auto" else args.sdpa_backend
     args.device = args.device or ("cpu" if args.dry_run else "cuda")
     args.dtype = args.dtype or ("float32" if args.dry_run else "bfloat16")
     args.compile_backend = args.compile_backend or ("eager" if args.dry_run else "inductor")
@@ -949,9 +1101,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def merge(paths: list[Path]) -> dict:
+    """One results dict from several: the first file's header, every file's runs and builds
+    in order, the elapsed times added up, each part's start time and plan kept."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    names = {part["device"].get("name") for part in parts}
+    if len(names) != 1:
+        raise SystemExit(f"results of different devices cannot be merged: {sorted(names)}")
+    data = dict(parts[0])
+    data["runs"] = [run for part in parts for run in part["runs"]]
+    data["builds"] = {k: v for part in parts for k, v in part.get("builds", {}).items()}
+    data["elapsed_s"] = sum(part.get("elapsed_s") or 0 for part in parts)
+    data["parts"] = [{"started": part["started"], "plan": part["settings"]["plan"],
+                      "elapsed_s": part.get("elapsed_s")} for part in parts]  # fmt: skip
+    data["settings"] = {**parts[0]["settings"],
+                        "plan": [n for part in parts for n in part["settings"]["plan"]]}  # fmt: skip
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
+    if args.merge:
+        data = merge(args.merge)
+        write(data, args.out_dir)
+        common.say(f"merged {len(args.merge)} files into {args.out_dir / 'results-gpu.md'}")
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         common.say("No CUDA device: run with --dry-run to check the code path on the CPU.")
@@ -971,6 +1146,8 @@ def main(argv: list[str] | None = None) -> int:
             "photos": args.photos,
             "plan": [s.name for s in args.plan],
             "compile_mode": args.compile_mode,
+            "compile_tuning": args.compile_tuning,
+            "sdpa_backend": args.sdpa_backend,
             "compile_backend": args.compile_backend,
             "budget_s": args.budget_s,
         },

@@ -252,6 +252,62 @@ def test_results_are_written_and_plotted(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_results_of_two_commands_merge_into_one_file(tmp_path):
+    """A lease's second command (the AOT run) joins the first one's results: runs in order,
+    times added, each command's plan kept; other devices' results are refused."""
+    first, second = fake_results(), fake_results()
+    second["started"] = "2026-01-01T00:10:00+00:00"
+    second["settings"] = {**second["settings"], "plan": ["full/aot/50x1"]}
+    first["settings"] = {**first["settings"], "plan": [r["name"] for r in first["runs"]]}
+    second["runs"] = [{**first["runs"][1], "name": "full/aot/50x1", "backend": "aot"}]
+    second["builds"], second["elapsed_s"] = {"full (AOT)": {"build_s": 8.0}}, 200.0
+    paths = []
+    for i, part in enumerate((first, second)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    assert gpu.main(["--merge", *map(str, paths), "--out-dir", str(tmp_path / "out")]) == 0
+    merged = json.loads((tmp_path / "out" / "results-gpu.json").read_text())
+    assert [r["name"] for r in merged["runs"]] == [r["name"] for r in first["runs"]] + [
+        "full/aot/50x1"
+    ]
+    assert merged["elapsed_s"] == 500.0 and set(merged["builds"]) == {"full", "full (AOT)"}
+    md = (tmp_path / "out" / "results-gpu.md").read_text()
+    assert "| full/aot/50x1 | ok | 3.20 |" in md
+    assert "Script time: 500 s over 2 commands on one machine" in md
+    other = fake_results()
+    other["device"] = {**other["device"], "name": "NVIDIA H200"}
+    paths.append(tmp_path / "other.json")
+    paths[-1].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different devices"):
+        gpu.main(["--merge", str(paths[0]), str(paths[-1]), "--out-dir", str(tmp_path / "x")])
+
+
+def test_attention_backends_and_compile_settings_are_reported(tmp_path):
+    """The bare-UNet run's per-kernel timings name the kernel the tuned compile used; a tuned
+    compile that failed says so beside the settings it fell back to."""
+    data = fake_results()
+    data["runs"][0]["attention_backends_ms"] = {
+        "FLASH_ATTENTION": 61.0, "CUDNN_ATTENTION": 55.5, "EFFICIENT_ATTENTION": "RuntimeError: no"
+    }  # fmt: skip
+    data["runs"][0]["sdpa_backend_for_compiled_runs"] = "CUDNN_ATTENTION"
+    data["runs"][2]["compile_options"] = {"backend": "inductor", "channels_last": False}
+    data["runs"][2]["compile_tuned_error"] = "RuntimeError: cudnn"
+    gpu.write(data, tmp_path)
+    md = (tmp_path / "results-gpu.md").read_text()
+    assert (
+        "Bare UNet call by SDPA kernel (full/unet/20): FLASH_ATTENTION 61.0 ms; CUDNN_ATTENTION "
+        "55.5 ms; EFFICIENT_ATTENTION failed (RuntimeError: no). The tuned compiled runs use "
+        "CUDNN_ATTENTION." in md
+    )
+    assert (
+        "full/compile/50x1 compiled with backend inductor, channels_last False; the tuned "
+        "settings failed first (RuntimeError: cudnn)." in md
+    )
+    args = gpu.parse_args(["--dry-run", "--sdpa-backend", "FLASH_ATTENTION"])
+    assert args.sdpa_backend_chosen == "FLASH_ATTENTION" and args.compile_tuning
+    assert gpu.parse_args(["--dry-run", "--no-compile-tuning"]).sdpa_backend_chosen is None
+
+
 def test_peak_is_found_from_the_device_name():
     names = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.4,
              "NVIDIA A100-SXM4-80GB": 312.0}  # fmt: skip
