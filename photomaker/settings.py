@@ -501,7 +501,7 @@ class Settings:
             f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
             f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
             + (f", memory {self.memory}" if self.memory != "full" else "")
-            + (", UNet compiled ahead of time" if self.aot else "")
+            + (", ahead-of-time compile on" if self.aot else "")
             + (
                 f", style LoRA {self.style_lora} x{self.style_lora_weight}"
                 if self.style_lora
