@@ -15,9 +15,11 @@ doodle's or a ControlNet's residuals), a size outside the compiled range, and fa
 (its LoRA adapter is not in the graph). If export or compile fails, the pipeline stays eager
 and a warning says why (:func:`compile_unet_ahead_of_time` returns ``None``).
 
-Not wired into the app here. On ZeroGPU: :func:`compile_unet` inside a long ``@spaces.GPU``
-call at start-up, its result returned to the main process and :func:`apply_compiled` there
-(what a GPU worker changes does not persist). Elsewhere: :func:`compile_unet_ahead_of_time`.
+The app turns it on with ``--aot`` (``PHOTOMAKER_AOT``; :func:`photomaker.loading.
+compile_ahead_of_time`). On ZeroGPU: :func:`compile_unet` inside a long ``@spaces.GPU`` call
+at start-up, its result returned to the main process and :func:`apply_compiled` there (what a
+GPU worker changes does not persist; :func:`photomaker.zerogpu.compile_unet_on_gpu`).
+Elsewhere: :func:`compile_unet_ahead_of_time`.
 """
 
 from __future__ import annotations
@@ -273,6 +275,14 @@ def compile_unet_ahead_of_time(
         )
         return None
     return apply_compiled(pipe, compiled)
+
+
+def compiled_forward_of(pipe: Any) -> CompiledUNetForward | None:
+    """The compiled forward in place on ``pipe``'s UNet (with its call counters), or ``None``
+    when the UNet runs eager."""
+    unet = getattr(pipe, "unet", None)
+    forward = None if unet is None else unet.__dict__.get("forward")
+    return forward if isinstance(forward, CompiledUNetForward) else None
 
 
 def remove_compiled_forward(pipe: Any) -> None:

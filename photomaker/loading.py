@@ -14,8 +14,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -228,10 +230,79 @@ def compile_unet(pipe: Any, settings: Settings) -> Any:
     if on_zerogpu():
         raise PhotoMakerInputError(
             "--compile is not supported on ZeroGPU (torch.compile cannot run in its GPU "
-            "workers); unset PHOTOMAKER_COMPILE on this Space."
+            "workers); unset PHOTOMAKER_COMPILE on this Space (PHOTOMAKER_AOT=1 compiles the "
+            "UNet ahead of time instead)."
         )
     logger.info("compiling the UNet (the first generation will be slow)")
     pipe.unet.compile(fullgraph=False, dynamic=False)
+    return pipe
+
+
+def aot_example_call(pipe: Any, settings: Settings) -> dict[str, Any]:
+    """The pipeline call whose first UNet call :func:`compile_ahead_of_time` captures: a
+    typical request, from the parameter table's defaults (the default aspect ratio, prompt
+    example, negative prompt, steps, style strength and guidance, so CFG is on) with one
+    image. The graph's batch and latent sides are dynamic, so other sizes and image counts
+    use it too; what must match is the call's structure, which this shares with every
+    request without a doodle, style image or fast mode. The ID photo is blank (and V2's face
+    embedding zero): its values do not matter, only its shapes."""
+    from PIL import Image
+
+    from .params import BY_NAME, default
+    from .service.validation import merge_step, size_for
+
+    width, height = size_for(default("aspect_ratio"), tiny=settings.tiny)
+    steps = default("steps")
+    trigger = getattr(pipe, "trigger_word", settings.trigger_word)
+    prompt = re.sub(rf"\b{re.escape(Settings.trigger_word)}\b", trigger, BY_NAME["prompt"].example)
+    config = pipe.id_encoder.id_config
+    side = config.vision_image_size
+    call: dict[str, Any] = dict(
+        prompt=prompt,
+        negative_prompt=default("negative_prompt"),
+        input_id_images=[Image.new("RGB", (side, side))],
+        start_merge_step=merge_step(default("style_strength"), steps),
+        num_inference_steps=steps,
+        guidance_scale=default("guidance_scale"),
+        num_images_per_prompt=BY_NAME["num_outputs"].low,
+        height=height,
+        width=width,
+    )
+    if getattr(pipe, "pm_version", None) == "v2":
+        call["id_embeds"] = torch.zeros(1, config.id_embedding_dim)
+    return call
+
+
+def compile_ahead_of_time(pipe: Any, settings: Settings) -> Any:
+    """With ``--aot``, compile the UNet ahead of time (:mod:`photomaker.aot`) on the call of
+    :func:`aot_example_call` and put the compiled forward in place; ``pipe`` is returned
+    either way. On ZeroGPU the compile runs in a long ``spaces.GPU`` call at start-up and the
+    main process applies its result (:func:`photomaker.zerogpu.compile_unet_on_gpu`);
+    elsewhere here. Any failure leaves the UNet eager, with a warning saying why."""
+    if not settings.aot:
+        return pipe
+    from . import aot
+
+    shapes = aot.ShapeRange.for_tiny() if settings.tiny else aot.ShapeRange()
+    example = aot_example_call(pipe, settings)
+    logger.info(
+        "compiling the UNet ahead of time (%s; on a %dx%d call): this takes minutes on a GPU",
+        shapes,
+        example["width"],
+        example["height"],
+    )
+    start = time.perf_counter()
+    if on_zerogpu():
+        from .zerogpu import compile_unet_on_gpu
+
+        forward = compile_unet_on_gpu(pipe, example, shapes)
+    else:
+        forward = aot.compile_unet_ahead_of_time(pipe, example, shapes)
+    seconds = time.perf_counter() - start
+    if forward is None:  # the warning with the reason is logged already
+        logger.info("ahead-of-time compilation gave up after %.0f s", seconds)
+    else:
+        logger.info("ahead-of-time compilation done in %.0f s", seconds)
     return pipe
 
 
@@ -450,7 +521,7 @@ def build_pipeline(settings: Settings) -> Any:
         load_style_adapter(pipe, settings)
         if settings.device != "auto" or settings.memory in FP8_MODES:
             place(pipe, settings)
-        return compile_unet(pipe, settings)
+        return compile_ahead_of_time(compile_unet(pipe, settings), settings)
     from diffusers import EulerDiscreteScheduler
 
     pipe = load_base_pipeline(settings)
@@ -462,7 +533,7 @@ def build_pipeline(settings: Settings) -> Any:
     load_fast_lora(pipe, settings)
     load_style_adapter(pipe, settings)
     place(pipe, settings)
-    return compile_unet(pipe, settings)
+    return compile_ahead_of_time(compile_unet(pipe, settings), settings)
 
 
 def tiny_face_pack_folder() -> Path:

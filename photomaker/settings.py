@@ -177,6 +177,16 @@ FIELDS: tuple[Field, ...] = (
         "torch.compile the UNet (slow first call, faster steps after). Not on ZeroGPU.",
     ),
     Field(
+        "aot",
+        bool,
+        False,
+        "Compile the UNet ahead of time at start-up (torch.export + AOTInductor, one graph for "
+        "1-4 images and every aspect-ratio preset): minutes once per start, faster steps "
+        "after; the way to compile on ZeroGPU, where --compile cannot run. Fast mode, the "
+        "doodle, the style image and other sizes run the uncompiled UNet; a failed compile "
+        "leaves it uncompiled, with a warning. Needs --memory full; not with --compile.",
+    ),
+    Field(
         "vae_fp16_fix",
         str,
         None,
@@ -309,6 +319,7 @@ class Settings:
     memory: str = "full"
     low_vram: bool = False
     compile: bool = False
+    aot: bool = False
     vae_fp16_fix: str | None = None
     style_lora: str | None = None
     style_lora_weight: float = 0.8
@@ -332,6 +343,17 @@ class Settings:
                 )
         if self.low_vram and self.memory == "full":  # the old flag is an alias
             object.__setattr__(self, "memory", "model-offload")
+        if self.aot and self.compile:
+            raise PhotoMakerInputError(
+                "Settings aot and compile both compile the UNet: choose one (aot also works "
+                "on ZeroGPU, compile does not)."
+            )
+        if self.aot and self.memory != "full":
+            raise PhotoMakerInputError(
+                f"Setting aot needs memory full, not {self.memory}: the compiled UNet keeps "
+                "its own copy of the weights on the GPU, which the offload modes would not "
+                "move, and fp8 storage is not verified with it. Unset one of them."
+            )
         if not self.max_photo_megapixels > 0:
             raise PhotoMakerInputError("Setting max_photo_megapixels must be above 0.")
         if not 1 <= self.max_photos <= 64:
@@ -479,6 +501,7 @@ class Settings:
             f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
             f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
             + (f", memory {self.memory}" if self.memory != "full" else "")
+            + (", ahead-of-time compile on" if self.aot else "")
             + (
                 f", style LoRA {self.style_lora} x{self.style_lora_weight}"
                 if self.style_lora

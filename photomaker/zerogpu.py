@@ -292,6 +292,57 @@ class ZeroGPURunner:
         return value
 
 
+# -- ahead-of-time compilation at start-up ----------------------------------------------
+
+#: The longest ``spaces.GPU`` call ZeroGPU grants while a Space starts (the limit in Hugging
+#: Face's ZeroGPU ahead-of-time compilation guide), for the one-off compile.
+STARTUP_MAX_S = 1500
+
+
+def startup_duration() -> int:
+    """The ``duration`` of the start-up compile call: :data:`STARTUP_MAX_S` divided by
+    spaces' :func:`duration_factor`, so that what reaches ``/schedule`` is at most that."""
+    return math.floor(STARTUP_MAX_S / duration_factor())
+
+
+def compile_unet_on_gpu(pipe: Any, example_call: Any, shapes: Any) -> Any:
+    """:func:`photomaker.aot.compile_unet` in one long ``spaces.GPU`` call at start-up, its
+    result (the compiled model, pickled back by spaces) put in place here in the main
+    process by :func:`photomaker.aot.apply_compiled`: what a GPU worker changes does not
+    persist, and the workers forked for generations later inherit the compiled forward.
+    The eager weights stay (not drained), for what the graph does not cover.
+
+    Returns the compiled forward, or ``None`` with a warning saying why when anything fails:
+    the export or compile in the worker (its message comes back as a value, so the reason is
+    not reduced to an exception class), ZeroGPU refusing the call, the worker dying, or its
+    result not crossing back."""
+    import spaces
+
+    from . import aot
+
+    def compile_in_worker() -> Any:
+        try:
+            return aot.compile_unet(pipe, example_call, shapes)
+        except Exception as error:  # reported as a value; the worker stays usable
+            logger.warning("ahead-of-time compilation failed in the GPU worker", exc_info=error)
+            return f"{type(error).__name__}: {error}"
+
+    gpu = spaces.GPU(compile_in_worker, duration=startup_duration(), size=GPU_SIZE)
+    try:
+        compiled = gpu()
+    except Exception as error:  # refused, aborted, or the result did not cross back
+        title = getattr(error, "title", None) or type(error).__name__
+        message = getattr(error, "message", None) or str(error)
+        compiled = f"{title}: {message}"
+    if isinstance(compiled, str):
+        logger.warning(
+            "ahead-of-time compilation of the UNet on ZeroGPU failed, so it runs eager: %s",
+            compiled,
+        )
+        return None
+    return aot.apply_compiled(pipe, compiled)
+
+
 def gpu_runner(service: Any) -> ZeroGPURunner | None:
     """The service's ``run_job`` inside ``spaces.GPU(size="large", duration=...)`` on ZeroGPU;
     None elsewhere (the service runs the job itself; ``spaces.GPU`` would change nothing)."""

@@ -8,7 +8,14 @@ with an even smaller SDXL-shaped UNet (one cross-attention block, one layer, no 
 the same kinds of layers — ResNet, transformer with self- and cross-attention, the
 ``text_time`` added conditioning — with fewer distinct kernels), and one compile (a module
 fixture) serves every check: about 30 s of compile instead of about 60 s for the default tiny
-UNet on this project's shared 2-core machine. Still marked slow."""
+UNet on this project's shared 2-core machine. Still marked slow.
+
+That one compile is the app's own start-up path: ``Settings(aot=True)`` through
+``loading.build_service`` (the small pipeline standing in for the tiny one), which captures
+the example call built from the parameter table's defaults and runs ``aot.compile_unet`` then
+``aot.apply_compiled``, the two steps ZeroGPU splits between its GPU worker and the main
+process (the ZeroGPU split itself: tests/test_zerogpu.py). So the checks below are also
+checks of what the app serves."""
 
 from __future__ import annotations
 
@@ -20,15 +27,18 @@ import pytest
 import torch
 from PIL import Image
 
-from photomaker import aot, fast
+from photomaker import aot, fast, loading, tiny
+from photomaker.errors import PhotoMakerInputError
 from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
-from photomaker.settings import DEFAULT_FAST_LORA
+from photomaker.service import GenerationRequest
+from photomaker.settings import DEFAULT_FAST_LORA, Settings
 from photomaker.tiny import (
     TINY_ENCODER_CONFIG,
     build_tiny_components,
     write_tiny_checkpoint,
     write_tiny_fast_lora,
 )
+from photomaker.web.handlers import AOT_FAST_NOTE, FAST, QUALITY, AppHandlers
 
 TOLERANCE = 1e-4
 PHOTO = Image.new("RGB", (64, 64), (150, 110, 90))
@@ -86,26 +96,40 @@ def _call(height: int = 64, width: int = 64, images: int = 1) -> dict:
     )
 
 
+#: The app's settings for these tests: tiny, V1 (no face analysis), AOT on; the small
+#: pipeline brings its own fast LoRA, and the doodle and style image are off.
+AOT_SETTINGS = Settings(tiny=True, aot=True, pm_version="v1", fast_lora="none",
+                        doodle_adapter="none", style_adapter="none")  # fmt: skip
+
+
+def app_service(settings: Settings, pipe=None):
+    """``loading.build_service(settings)``, the app's start-up, on ``pipe`` in place of the
+    tiny pipeline when given."""
+    if pipe is None:
+        return loading.build_service(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "build_tiny_pipeline", lambda **kwargs: pipe)
+        return loading.build_service(settings)
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     folder = tmp_path_factory.mktemp("aot")
     pipe = small_pipeline(folder, fast_lora=True)
     sizes = [(64, 64, 1), (64, 64, 2), (48, 64, 1), (48, 64, 2)]
     eager = {size: pipe(**_call(*size)).images for size in sizes}
-    # The two steps ZeroGPU needs: compile (in the GPU worker), apply (in the main process).
-    compiled = aot.compile_unet(
-        pipe, _call(), aot.ShapeRange.for_tiny(), package_path=str(folder / "unet.pt2")
-    )
-    assert pickle.loads(pickle.dumps(compiled.call_spec)) == compiled.call_spec
-    assert (folder / "unet.pt2").is_file()
-    forward = aot.apply_compiled(pipe, compiled)
-    assert forward is not None and pipe.unet.forward is forward
-    return pipe, forward, eager
+    service = app_service(AOT_SETTINGS, pipe)  # the one compile
+    forward = aot.compiled_forward_of(pipe)
+    assert service.pipe is pipe and forward is not None and pipe.unet.forward is forward
+    assert forward.compiled_calls == forward.eager_calls == 0
+    # What ZeroGPU's worker sends back besides the compiled model must pickle.
+    assert pickle.loads(pickle.dumps(forward._spec)) == forward._spec
+    return pipe, forward, eager, service
 
 
 @pytest.mark.slow
 def test_compiled_equals_eager_at_two_sizes_and_two_image_counts(compiled):
-    pipe, forward, eager = compiled
+    pipe, forward, eager, _ = compiled
     for size, expected in eager.items():
         before = forward.compiled_calls
         images = pipe(**_call(*size)).images
@@ -116,7 +140,7 @@ def test_compiled_equals_eager_at_two_sizes_and_two_image_counts(compiled):
 
 @pytest.mark.slow
 def test_fast_mode_and_uncovered_sizes_run_eager(compiled):
-    pipe, forward, _ = compiled
+    pipe, forward, _, _ = compiled
     eager_before = forward.eager_calls
     with fast.generation_mode(pipe, True) as overrides:
         pipe(**{**_call(), **overrides})
@@ -127,7 +151,95 @@ def test_fast_mode_and_uncovered_sizes_run_eager(compiled):
     pipe(**_call(160, 64))
     assert forward.eager_calls == eager_before + fast.fast_mode_of(pipe).steps + 2
     aot.remove_compiled_forward(pipe)
-    assert "forward" not in pipe.unet.__dict__
+    assert "forward" not in pipe.unet.__dict__ and aot.compiled_forward_of(pipe) is None
+    pipe.unet.forward = forward  # back, for the other tests on this fixture
+
+
+def generation(service, **changes):
+    request = dict(photos=[PHOTO], prompt="a photo of a man img", steps=3, num_outputs=2,
+                   seed=11, randomize_seed=False)  # fmt: skip
+    return service.generate(GenerationRequest(**{**request, **changes}))
+
+
+def pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in result.images])
+
+
+@pytest.mark.slow
+def test_the_app_starts_with_the_compiled_unet_and_its_generations_use_it(compiled):
+    """The service the app built serves a request with the compiled graph (both CFG halves
+    of every step), and the images are eager's: within the float tolerance above, which is
+    at most one level of the 8-bit images."""
+    pipe, forward, _, service = compiled
+    assert service.aot_compiled
+    before = forward.compiled_calls, forward.eager_calls
+    result = generation(service)
+    assert forward.compiled_calls == before[0] + 3  # 3 steps, CFG in one batch of 4
+    assert forward.eager_calls == before[1]
+    aot.remove_compiled_forward(pipe)
+    try:
+        assert not service.aot_compiled
+        expected = generation(service)
+    finally:
+        pipe.unet.forward = forward
+    assert np.abs(pixels(result) - pixels(expected)).max() <= 1
+    # The page says fast mode runs the uncompiled UNet (the compiled graph is Quality's).
+    handlers = AppHandlers(service, AOT_SETTINGS)
+    assert AOT_FAST_NOTE in handlers.mode_note(FAST)
+    assert AOT_FAST_NOTE not in handlers.mode_note(QUALITY)
+
+
+def test_the_app_starts_eager_when_the_compile_fails(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(aot, "compile_unet", broken)
+    with caplog.at_level(logging.INFO):
+        service = app_service(AOT_SETTINGS)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("runs eager" in r.getMessage() and "no C++ compiler" in r.getMessage()
+               for r in warnings)  # fmt: skip
+    assert "ahead-of-time compilation gave up" in caplog.text
+    assert aot.compiled_forward_of(service.pipe) is None and not service.aot_compiled
+    assert "forward" not in service.pipe.unet.__dict__
+    result = generation(service, num_outputs=1, steps=2)
+    assert len(result.images) == 1
+
+
+def test_the_example_call_is_the_tables_typical_request(tmp_path):
+    from photomaker.params import BY_NAME, default
+    from photomaker.service.validation import size_for
+
+    pipe = small_pipeline(tmp_path)
+    call = loading.aot_example_call(pipe, AOT_SETTINGS.replace(trigger_word="img"))
+    assert (call["width"], call["height"]) == size_for(default("aspect_ratio"), tiny=True)
+    assert call["num_inference_steps"] == default("steps")
+    assert call["guidance_scale"] == default("guidance_scale") > 1  # CFG on
+    assert call["num_images_per_prompt"] == 1
+    assert call["prompt"] == BY_NAME["prompt"].example
+    captured = aot.capture_unet_call(pipe, call)
+    assert captured.args[0].shape[0] == 2  # one image, both CFG halves
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (dict(compile=True), "choose one"),
+        (dict(memory="model-offload"), "needs memory full"),
+        (dict(low_vram=True), "needs memory full"),
+        (dict(memory="fp8"), "needs memory full"),
+    ],
+)
+def test_settings_refuse_aot_with_compile_or_a_memory_mode(changes, words):
+    with pytest.raises(PhotoMakerInputError, match=words):
+        Settings(aot=True, **changes)
+
+
+def test_aot_is_off_by_default_and_a_flag_or_variable_turns_it_on():
+    assert Settings().aot is False
+    assert Settings.from_args(["--aot"], env={}).aot is True
+    assert Settings.from_env({"PHOTOMAKER_AOT": "1"}).aot is True
+    assert Settings.from_args(["--no-aot"], env={"PHOTOMAKER_AOT": "1"}).aot is False
 
 
 def test_a_failed_compile_leaves_the_pipeline_eager(tmp_path, monkeypatch, caplog):

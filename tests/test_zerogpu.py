@@ -1,6 +1,6 @@
 """The app under the ``spaces`` package's own ZeroGPU mode, and photomaker.zerogpu's parts.
 
-The emulated Space: ``tests/zerogpu/run_app.py`` starts ``app.py --tiny --device cuda`` with
+The emulated Space: ``tests/zerogpu/run_app.py`` starts ``app.py --tiny --device cuda --aot`` with
 ``SPACES_ZERO_GPU=true`` against ``tests/zerogpu/device_api.py``, a local stand-in for the
 device API. spaces runs as on a Space (torch patched at import, weights packed at launch, a
 ``/schedule`` per call with the visitor's token, a forked worker that gets the packed weights
@@ -14,7 +14,9 @@ The unit tests at the end cover the duration estimate and the runner without a s
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -84,7 +86,7 @@ class Space:
         }
         for name in ("PHOTOMAKER_VERSION", "PHOTOMAKER_PM_VERSION", "PHOTOMAKER_DEVICE"):
             env.pop(name, None)
-        args = ["--tiny", "--device", "cuda", "--host", "127.0.0.1", "--port", str(port)]
+        args = ["--tiny", "--device", "cuda", "--aot", "--host", "127.0.0.1", "--port", str(port)]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "tests/zerogpu/run_app.py", *args],
@@ -117,8 +119,10 @@ class Space:
         self.faults.write_text(json.dumps(faults))
 
     def moves(self) -> list[str]:
-        """The workers that got the packed weights, one line each."""
-        return re.findall(r"moved \d+ bytes from \d+ pack file\(s\) into worker \d+", self.text())
+        """The workers that got the packed weights, one line each (not the start-up compile's,
+        which ran before anything was packed)."""
+        return re.findall(r"moved \d+ bytes from [1-9]\d* pack file\(s\) into worker \d+",
+                          self.text())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -206,6 +210,26 @@ def test_a_call_packs_weights_schedules_with_the_token_and_moves_them_into_the_w
     allow = space.api.named("/allow")
     assert allow and allow[0].query["pid"] != str(space.proc.pid)  # a forked worker
     assert space.api.named("/release")[-1].query["fail"] == "false"
+
+
+def test_the_startup_compile_is_a_long_gpu_call_whose_result_the_workers_use(
+    space, client, photos
+):
+    """--aot on the emulated Space: the compile ran in a worker of its own before launch, on
+    one /schedule asking for ZeroGPU's start-up maximum, and what it returned (pickled back)
+    was put in place here, so the workers forked for generations run it. The compile itself
+    is a stand-in (see tests/zerogpu/run_app.py)."""
+    compile_call = space.api.named("/schedule")[0]  # the first, whatever ran before
+    assert int(compile_call.query["durationSeconds"]) == zerogpu.STARTUP_MAX_S
+    assert compile_call.query["gpuSize"] == zerogpu.GPU_SIZE
+    text = space.text()
+    compiled_in = int(re.search(r"stand-in compile in worker (\d+)", text).group(1))
+    assert compiled_in != space.proc.pid
+    assert text.index("compiled UNet in place") < text.index("ZeroGPU tensors packing")
+    assert "ahead-of-time compilation done in" in text
+    call(client, photos[:1])
+    ran_in = re.findall(r"compiled stand-in ran in worker (\d+)", space.text())
+    assert ran_in and all(int(pid) not in (compiled_in, space.proc.pid) for pid in ran_in)
 
 
 def test_id_cache_hit_and_doodle_in_the_worker(space, client, photos, tmp_path):
@@ -422,3 +446,127 @@ def test_closing_the_stream_stops_the_job_at_its_next_step():
 
     with pytest.raises(GenerationCancelled):
         zerogpu.ZeroGPURunner(forever)("job", cancel=cancel)
+
+
+# --------------------------------------------------------------------------- AOT at start-up
+
+
+class FakeGPU:
+    """``spaces.GPU`` as ZeroGPU runs it, without a worker: records the duration and size each
+    call asks for, then runs the function here and sends what it returns across a pickle, as
+    spaces' result queue does (or raises what ``refusal`` says, as spaces does when the device
+    API refuses)."""
+
+    def __init__(self, refusal: Exception | None = None) -> None:
+        self.calls: list[dict] = []
+        self.refusal = refusal
+
+    def __call__(self, task, duration=None, size=None):
+        def run(*args, **kwargs):
+            self.calls.append({"duration": duration, "size": size})
+            if self.refusal is not None:
+                raise self.refusal
+            return pickle.loads(pickle.dumps(task(*args, **kwargs)))
+
+        return run
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    from photomaker import loading
+    from photomaker.settings import Settings
+
+    return loading.build_pipeline(Settings(tiny=True, pm_version="v1", fast_lora="none",
+                                           doodle_adapter="none", style_adapter="none"))  # fmt: skip
+
+
+def on_zerogpu_with(monkeypatch, gpu: FakeGPU, compile_unet) -> None:
+    """The app's process on ZeroGPU as far as the start-up compile sees it: spaces.GPU is
+    ``gpu``, spaces' duration factor is the RTX Pro 6000's 1.5, and the worker's
+    ``aot.compile_unet`` is ``compile_unet`` (a real AOTInductor compile is test_aot.py's)."""
+    import spaces
+
+    from photomaker import aot
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(spaces, "GPU", gpu)
+    monkeypatch.setattr(zerogpu, "duration_factor", lambda: 1.5)
+    monkeypatch.setattr(aot, "compile_unet", compile_unet)
+
+
+AOT_SETTINGS = dict(tiny=True, aot=True, pm_version="v1", fast_lora="none",
+                    doodle_adapter="none", style_adapter="none")  # fmt: skip
+
+
+def test_the_startup_compile_is_one_long_gpu_call_whose_result_is_applied_here(
+    tiny_pipe, monkeypatch, caplog
+):
+    from torch.utils import _pytree as pytree
+
+    from photomaker import aot, loading
+    from photomaker.settings import Settings
+
+    settings = Settings(**AOT_SETTINGS)
+    example = loading.aot_example_call(tiny_pipe, settings)
+    call = aot.capture_unet_call(tiny_pipe, example)
+    spec = pytree.tree_flatten((call.args, call.kwargs))[1]
+    in_worker = []
+
+    def compile_unet(pipe, example_call, shapes=None, package_path=None):
+        in_worker.append((pipe, example_call, shapes))
+        # The stand-in for spaces' compiled model: the UNet, which pickles (weights and all)
+        # as that does, and computes what the compiled graph would.
+        return aot.CompiledUNet(pipe.unet, spec, shapes, 1.0)
+
+    gpu = FakeGPU()
+    on_zerogpu_with(monkeypatch, gpu, compile_unet)
+    with caplog.at_level(logging.INFO):
+        assert loading.compile_ahead_of_time(tiny_pipe, settings) is tiny_pipe
+    # One call, long and on the size generations use: 1500 s reach /schedule after spaces'
+    # factor (zerogpu.STARTUP_MAX_S, what ZeroGPU allows at start-up).
+    assert gpu.calls == [{"duration": 1000, "size": zerogpu.GPU_SIZE}]
+    assert zerogpu.startup_duration() * 1.5 == zerogpu.STARTUP_MAX_S
+    [(pipe, example_call, shapes)] = in_worker
+    assert pipe is tiny_pipe and shapes == aot.ShapeRange.for_tiny()
+    assert example_call["guidance_scale"] > 1 and example_call["num_images_per_prompt"] == 1
+    # What came back across the pickle is in place in this process.
+    forward = aot.compiled_forward_of(tiny_pipe)
+    try:
+        assert forward is not None and tiny_pipe.unet.forward is forward
+        assert isinstance(forward._compiled, type(tiny_pipe.unet))
+        assert forward._compiled is not tiny_pipe.unet  # a copy: it crossed the boundary
+        assert "ahead-of-time compilation done in" in caplog.text
+        monkeypatch.delenv("SPACES_ZERO_GPU")
+        tiny_pipe(**{**example, "num_inference_steps": 2})
+        assert forward.compiled_calls == 2 and forward.eager_calls == 0
+    finally:
+        aot.remove_compiled_forward(tiny_pipe)
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [
+        ("refused", "ZeroGPU quota exceeded: You have exceeded your ZeroGPU quota"),
+        ("compile", "RuntimeError: no C++ compiler"),
+        ("pickle", "Can't pickle"),
+    ],
+)
+def test_a_failed_startup_compile_on_zerogpu_leaves_the_unet_eager(
+    tiny_pipe, monkeypatch, caplog, failure, reason
+):
+    from photomaker import aot, loading
+    from photomaker.settings import Settings
+
+    def compile_unet(pipe, example_call, shapes=None, package_path=None):
+        if failure == "compile":
+            raise RuntimeError("no C++ compiler")
+        return aot.CompiledUNet(lambda *args: None, None, shapes, 1.0)  # does not pickle
+
+    refusal = gr.Error("You have exceeded your ZeroGPU quota.", title="ZeroGPU quota exceeded")
+    on_zerogpu_with(monkeypatch, FakeGPU(refusal if failure == "refused" else None), compile_unet)
+    with caplog.at_level(logging.INFO):
+        loading.compile_ahead_of_time(tiny_pipe, Settings(**AOT_SETTINGS))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("runs eager" in w and reason in w for w in warnings), warnings
+    assert aot.compiled_forward_of(tiny_pipe) is None
+    assert "forward" not in tiny_pipe.unet.__dict__

@@ -127,6 +127,14 @@ class PhotoMakerService:
         return self.fast_mode is not None
 
     @property
+    def aot_compiled(self) -> bool:
+        """True when the UNet's ahead-of-time compiled forward is in place (``--aot``, and the
+        compile worked): it serves quality-mode calls; fast mode runs the eager UNet."""
+        from ..aot import compiled_forward_of
+
+        return compiled_forward_of(self.pipe) is not None
+
+    @property
     def style_image_available(self) -> bool:
         """True when the pipeline has an IP-Adapter to read a style image with."""
         from ..style_image import style_adapter_of

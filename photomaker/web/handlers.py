@@ -37,6 +37,8 @@ DOODLE_FACTOR = default("adapter_conditioning_factor")
 STYLE_IMAGE_SCALE = default("style_image_scale")
 #: The Quality/Fast choice on the page (the API's ``fast`` is False / True).
 QUALITY, FAST = "Quality", "Fast"
+#: Under --aot the compiled graph is Quality mode's; the fast LoRA is not in it.
+AOT_FAST_NOTE = "It runs the uncompiled UNet: the ahead-of-time compiled one serves Quality."
 #: What "Load settings from image" fills: the recorded /generate parameters in the API's
 #: order, and the Advanced accordion (opened) after randomize_seed.
 SETTINGS_OUTPUTS: tuple[str, ...] = tuple(
@@ -214,6 +216,8 @@ class AppHandlers:
         if fast_mode is None:
             return ""
         if mode == FAST:
+            if getattr(self.service, "aot_compiled", False):
+                return fast_mode.trade() + " " + AOT_FAST_NOTE
             return fast_mode.trade()
         steps = ui_steps(self.settings)
         return (

@@ -43,8 +43,8 @@ def check_settings(settings: Settings) -> None:
     if settings.compile and on_zerogpu():
         raise PhotoMakerInputError(
             "--compile (PHOTOMAKER_COMPILE) is not supported on ZeroGPU: ZeroGPU does not run "
-            "torch.compile. Unset it on this Space (ahead-of-time compilation is not "
-            "supported by this app yet)."
+            "torch.compile. Unset it on this Space; PHOTOMAKER_AOT=1 compiles the UNet ahead "
+            "of time instead, which ZeroGPU runs."
         )
 
 

@@ -14,6 +14,14 @@ back. Only what a CPU-only torch wheel lacks is filled in:
   and ``spaces.zero.torch.move``, replaced by :func:`cpu_move`, which reads spaces' own pack
   files and points each stand-in at its weights on the CPU.
 
+Ahead-of-time compilation (``--aot``) runs as on a Space up to the compile itself: the long
+``spaces.GPU`` call at start-up, scheduled with the device API, in a forked worker, capturing
+the UNet call with ``spaces.aoti_capture``; its result pickled back and applied in this
+process before ``launch()``. What AOTInductor would return is replaced by
+:class:`CompiledStandIn`: a real compile of even the tiny UNet takes about 45 s on this CPU
+(tests/test_aot.py has one), and spaces' compiled model cannot be pickled on a CPU-only
+machine (its weights are pinned on the way, which needs an accelerator).
+
 Faults for the test, read by the worker at each pipeline call from the JSON file named by
 ``PHOTOMAKER_TEST_FAULTS``: ``{"fault": "oom" | "boom" | "input" | null, "step_sleep":
 seconds}``. The worker logs what each job brought (photos, or the cached ID encoding).
@@ -146,8 +154,50 @@ def _install_faults() -> None:
     PhotoMakerService.run_job = logged_run_job
 
 
+class CompiledStandIn:
+    """Stands in for spaces' compiled model: picklable, without weights; applied in the app's
+    process, it runs the eager forward of the UNet it was applied to (which the workers
+    forked later inherit) and logs the first call in each process."""
+
+    unet = None
+    _logged_in: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __call__(self, *args, **kwargs):
+        if self._logged_in != os.getpid():
+            self._logged_in = os.getpid()
+            logger.info("compiled stand-in ran in worker %d", os.getpid())
+        return type(self.unet).forward(self.unet, *args, **kwargs)
+
+
+def _install_aot_stand_in() -> None:
+    """``aot.compile_unet`` with the real capture (``spaces.aoti_capture`` here) and the
+    stand-in for export + compile; ``aot.apply_compiled`` points the stand-in at the UNet."""
+    from torch.utils import _pytree as pytree
+
+    from photomaker import aot
+
+    def compile_unet(pipe, example_call, shapes=None, package_path=None):
+        call = aot.capture_unet_call(pipe, example_call)
+        logger.info("stand-in compile in worker %d", os.getpid())
+        spec = pytree.tree_flatten((call.args, call.kwargs))[1]
+        return aot.CompiledUNet(CompiledStandIn(), spec, shapes or aot.ShapeRange(), 0.0)
+
+    apply_compiled = aot.apply_compiled
+
+    def apply_to(pipe, compiled, drain=False):
+        compiled.compiled.unet = pipe.unet
+        return apply_compiled(pipe, compiled, drain)
+
+    aot.compile_unet = compile_unet
+    aot.apply_compiled = apply_to
+
+
 if __name__ == "__main__":
     _install_faults()
+    _install_aot_stand_in()
     import app
 
     sys.exit(app.main(sys.argv[1:]))
