@@ -880,6 +880,11 @@ def markdown(data: dict) -> str:
             f"| {_f(run.get('allocated_before_gb'))} "
             f"| {_f(run.get('tflops_per_s'), 0)} | {_f(fraction * 100 if fraction else None, 0)} |"
         )
+    for run in data["runs"]:
+        why = _error_line(run.get("error", run.get("reason", "")))
+        if run["status"] != "ok" and (len(why) > 120 or run.get("recorded_by_hand")):
+            by_hand = " (recorded by hand from the command's log)" if run.get("recorded_by_hand") else ""
+            lines.append(f"\n{run['name']}{by_hand}: {why}")
     lines += [
         "",
         "*s / image*: the whole call (text and ID encoding, denoising, VAE decode, PIL) divided by",

@@ -5,7 +5,8 @@
 
 Each JSON file is one device; its runs (``full/eager/50x1``, ...) are the bars, one colour per
 device. Seconds per image are the 50-step figures (hatched where extrapolated from fewer
-steps); bare-UNet runs are left out.
+steps), and fast mode's own call (its few steps, dotted); bare-UNet and A/B runs are left out
+(the A/B has its own section in the results file).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def load(paths: list[Path]) -> list[dict]:
     for path in paths:
         data = json.loads(Path(path).read_text())
         label = data["device"]["name"] + (" (dry run)" if data["settings"].get("dry_run") else "")
-        runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("backend") != "unet"]
+        runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("backend") not in ("unet", "ab")]
         results.append({"label": label, "runs": runs})
     return results
 
@@ -41,7 +42,7 @@ def plot(results: list[dict], out: Path) -> Path:
                 names.append(run["name"])
     if not names:
         raise ValueError("no successful pipeline runs to plot")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) * len(results) + 2.2))
+    fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(12, 0.55 * len(names) * len(results) + 2.2))
     height = 0.8 / len(results)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labelled: set[int] = set()
@@ -52,27 +53,30 @@ def plot(results: list[dict], out: Path) -> Path:
             if run is None:
                 continue
             y = i + d * height
-            seconds = run.get("seconds_per_image_at_50_steps")
+            fast = "fast" in run.get("backend", "")
+            seconds = run.get("seconds_per_image" if fast else "seconds_per_image_at_50_steps")
             if seconds is not None:
                 label = None if d in labelled else result["label"]
                 labelled.add(d)
-                left.barh(y, seconds, height, color=colours[d % len(colours)],
-                          hatch="//" if run.get("extrapolated_to_50_steps") else None, label=label)  # fmt: skip
+                hatch = ".." if fast else ("//" if run.get("extrapolated_to_50_steps") else None)
+                left.barh(y, seconds, height, color=colours[d % len(colours)], hatch=hatch,
+                          label=label)  # fmt: skip
                 left.text(seconds, y, f" {seconds:.2f}", va="center", fontsize=8)
             vram = run.get("peak_allocated_gb")
             if vram is not None:
                 right.barh(y, vram, height, color=colours[d % len(colours)])
                 right.text(vram, y, f" {vram:.1f}", va="center", fontsize=8)
     ticks = [i + height * (len(results) - 1) / 2 for i in range(len(names))]
+    left.set_yticks(ticks, names)
+    left.invert_yaxis()  # shared with the right panel
     for ax in (left, right):
-        ax.set_yticks(ticks, names)
-        ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
-    right.set_yticklabels([])
+    right.tick_params(labelleft=False)
     if not any(r.get("peak_allocated_gb") is not None for res in results for r in res["runs"]):
         right.text(0.5, 0.5, "no VRAM figures (CPU run)", ha="center", va="center",
                    transform=right.transAxes)  # fmt: skip
-    left.set_xlabel("seconds per image at 50 steps (hatched: extrapolated from fewer steps)")
+    left.set_xlabel("seconds per image at 50 steps (// extrapolated from fewer steps;\n"
+                    ".. fast mode: its own steps)")
     right.set_xlabel("peak VRAM, GB (torch.cuda.max_memory_allocated)")
     left.legend(loc="lower right", fontsize=8)
     fig.suptitle("PhotoMaker V2 on SDXL, random weights: speed and memory per mode")
