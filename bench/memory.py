@@ -8,7 +8,7 @@ RSS of the tiny app and of one CLI generation.
   at a time, so its floor is the largest (the UNet); ``sequential-offload``
   (``enable_sequential_cpu_offload``) holds one leaf module at a time, so its floor is the
   largest single layer. Activations come on top (the UNet's at 1024², the VAE decoder's): those
-  are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md).
+  are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md and results-gpu-h100.md).
 * Peak RSS: ``python app.py --tiny`` started, one request through ``gradio_client``, then the
   server's ``VmHWM`` (peak resident set, /proc); ``python -m photomaker generate --tiny`` run
   once, its ``ru_maxrss``.

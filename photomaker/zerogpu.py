@@ -48,11 +48,11 @@ from .settings import on_zerogpu
 logger = logging.getLogger(__name__)
 
 #: ZeroGPU's half RTX Pro 6000 Blackwell (48 GB). ``xlarge`` (the whole card) costs twice the
-#: quota and is never needed: peak use is 11-17 GB (bench/results-gpu.md). spaces would pick
-#: ``xlarge`` by itself when the packed weights pass its threshold, hence the explicit size.
+#: quota and is never needed: peak use is 11-17 GB (bench/results-gpu-h100.md). spaces would
+#: pick ``xlarge`` by itself when the packed weights pass its threshold, hence the explicit size.
 GPU_SIZE = "large"
 
-# -- the duration estimate (bench/results-flops.md, bench/results-gpu.md) -----------------
+# -- the duration estimate (bench/results-flops.md, bench/results-gpu-h100.md) ------------
 
 #: One UNet forward with CFG (batch 2) at 1024², in TFLOP (bench/flops.py).
 UNET_TFLOP_1024 = 13.52
@@ -65,7 +65,9 @@ TEXT_TFLOP = 0.33
 #: whole card, FP32 accumulate), in TFLOP/s.
 HALF_CARD_TFLOPS = 251.9
 #: The share of that peak eager SDXL reaches: 22% at one image, 37% at four on an H100
-#: (bench/results-gpu.md); the lower one, so one-image jobs are not cut short.
+#: (bench/results-gpu-h100.md); the lower one, so one-image jobs are not cut short. An H200
+#: machine bound by kernel launches reached only 13% (107.5 ms per step, bench/results-gpu.md),
+#: still well inside the 268 ms per step this allows on the half card.
 EFFICIENCY = 0.2
 #: A cold worker first moves the weights in: 8.4 GB resident at full size (bench), at the
 #: disk -> pinned -> GPU rate of spaces' pack reader (taken low: 2 GB/s).

@@ -343,7 +343,7 @@ def test_stop_reaches_the_worker_and_releases_the_gpu_within_seconds(space, clie
 def test_the_duration_covers_a_slow_job_and_is_short_for_small_ones():
     # Slow: 4 images x 100 steps at 1344x768, cold worker. On the half card at the H100's
     # measured step time scaled by peak (148.2 ms per 4-image step at 989.4 TFLOP/s,
-    # bench/results-gpu.md) it takes 100 x 0.1482 x 989.4 / 251.9 s + the 8.4 GB move.
+    # bench/results-gpu-h100.md) it takes 100 x 0.1482 x 989.4 / 251.9 s + the 8.4 GB move.
     slow = zerogpu.estimate_gpu_seconds(1344, 768, steps=100, num_outputs=4)
     measured_like = 100 * 0.1482 * 989.4 / zerogpu.HALF_CARD_TFLOPS + 8.4e9 / 2e9
     assert slow >= 1.2 * measured_like
@@ -362,7 +362,7 @@ def test_the_duration_covers_a_slow_job_and_is_short_for_small_ones():
 
 def test_the_size_is_large_which_holds_the_peak_at_half_the_quota():
     """Half a card holds the peak with room (17.0 GB at four 1024² images,
-    bench/results-gpu.md); the whole card would cost twice the quota for nothing."""
+    bench/results-gpu-h100.md); the whole card would cost twice the quota for nothing."""
     sizes = json.loads((ROOT / "tests" / "data" / "zerogpu.json").read_text())["sizes"]
     assert zerogpu.GPU_SIZE == "large"
     assert sizes["large"]["gpu_memory_gb"] >= 2 * 17.0
