@@ -12,7 +12,8 @@ compiled model is pickled to the GPU worker with its weights); elsewhere
 The compiled forward serves the calls it was compiled for; anything else runs the eager UNet
 (kept unless ``spaces.aoti_apply`` drained it): a call whose argument structure differs (the
 doodle's or a ControlNet's residuals), a size outside the compiled range, and fast mode
-(its LoRA adapter is not in the graph). If export or compile fails, the pipeline stays eager
+(its LoRA adapter is not in the graph, and a fused fast call's merged weights are not the
+graph's own copy of the weights). If export or compile fails, the pipeline stays eager
 and a warning says why (:func:`compile_unet_ahead_of_time` returns ``None``).
 
 The app turns it on with ``--aot`` (``PHOTOMAKER_AOT``; :func:`photomaker.loading.
@@ -154,10 +155,15 @@ def compile_exported(exported: Any, package_path: str | None = None) -> Callable
 
 
 def _fast_adapter_on(unet: Any) -> bool:
+    """True in a fast call: the fast adapter enabled, or merged into the weights (a fused
+    fast call, :func:`photomaker.fast.fused_fast_weights`). The compiled graph holds its own
+    copy of the quality weights, so neither may run on it."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(
-        isinstance(m, BaseTunerLayer) and "fast" in m.lora_A and not m.disable_adapters
+        isinstance(m, BaseTunerLayer)
+        and "fast" in m.lora_A
+        and (not m.disable_adapters or "fast" in m.merged_adapters)
         for m in unet.modules()
     )
 

@@ -8,14 +8,14 @@ no classifier-free guidance (so the negative prompt has no effect in fast mode).
 
 Design, and why (measured by ``bench/fast_switch.py``, see ``bench/results-fast.md``):
 
-* The distillation LoRA stays an **unfused PEFT adapter**, *disabled* in quality mode. A
-  disabled PEFT layer runs only its base layer, so quality mode's UNet FLOPs per step are
-  exactly plain SDXL's, and its weights are never touched, so switching to fast and back
+* The distillation LoRA stays a **PEFT adapter**, *disabled* in quality mode. A disabled
+  PEFT layer runs only its base layer, so quality mode's UNet FLOPs per step are exactly
+  plain SDXL's, and quality calls never touch the weights, so switching to fast and back
   gives bit-identical quality images. Switching is a flag per wrapped layer (milliseconds,
-  no memory). Fusing the fast LoRA per request instead would cost a weight merge per switch
-  and, to get quality images back bit for bit, a saved copy of every weight it touches
-  (nearly the whole UNet: ≈ 5 GB in bf16 at full size) — fused-then-unfused bf16 weights are
-  not the same numbers.
+  no memory). A fast call runs the adapter either unfused (a side path in every wrapped
+  layer) or, on a GPU with room, merged for that call only (below): that costs a clone of
+  every weight it touches (nearly the whole UNet: ≈ 5 GB in bf16 at full size) and a merge
+  and restore per fast call, since fused-then-unfused bf16 weights are not the same numbers.
 * PEFT ignores unmerged adapters in a layer where another adapter is merged, and PhotoMaker's
   LoRA (and the style LoRA) are merged into the UNet at load. So :func:`attach_fast_lora`
   first *bakes* them: every loaded adapter must be fused, then diffusers'
@@ -24,6 +24,17 @@ Design, and why (measured by ``bench/fast_switch.py``, see ``bench/results-fast.
   run time (``fuse_adapters``); reload the pipeline to change them.
 * The scheduler swap uses ``SchedulerClass.from_config(pipe.scheduler.config, **overrides)``
   and the quality scheduler object is put back afterwards (:func:`generation_mode`).
+* **Fused fast calls** (setting ``fast_fuse``; :func:`fused_fast_weights`). On a GPU the
+  unfused adapter is what makes fast mode slow: its side path is 8.3 % of the FLOPs but
+  thousands of small kernels per step (H200, full size: a fast step at batch 1 took longer
+  than a quality step at batch 2, bench/results-gpu.md). So a fast call may instead, under
+  the GPU lock, clone the weights the LoRA touches (on their own device: ≈ 5.1 GB in bf16 at
+  full size, a device-to-device copy), merge the adapter with PEFT's own ``merge`` (a merged
+  PEFT layer runs only its base layer), run, and then ``unmerge`` and copy the clone back
+  bit for bit (``W + ΔW − ΔW`` in bf16 is not ``W``) — also after an error. Nothing
+  persists between calls; quality images stay bit-identical. ``auto`` fuses where the
+  weights sit on a CUDA device with room for the clone (:func:`fuse_decision`); offloaded
+  or float8-stored weights are never fused.
 
 The style strength keeps its meaning (share of the steps before the identity comes in):
 with 8 steps, ``merge_step(20, 8)`` is step 1, so step 0 is text-only and steps 1–7 see the
@@ -46,7 +57,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import PhotoMakerInputError
-from .settings import DEFAULT_FAST_LORA
+from .settings import DEFAULT_FAST_LORA, FAST_FUSE_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -280,14 +291,20 @@ def bake_fused_adapters(pipe: Any) -> None:
 
 
 def attach_fast_lora(
-    pipe: Any, location: str, mode: FastMode | None = None, state_dict: Mapping | None = None
+    pipe: Any,
+    location: str,
+    mode: FastMode | None = None,
+    state_dict: Mapping | None = None,
+    fuse: str = "auto",
 ) -> FastMode:
-    """Load the distillation LoRA as the disabled PEFT adapter ``fast`` and remember ``mode``.
+    """Load the distillation LoRA as the disabled PEFT adapter ``fast`` and remember ``mode``
+    and the ``fuse`` policy of its calls (``auto``/``on``/``off``, see :func:`fuse_decision`).
 
     ``location``: hub id, folder, file, or ``owner/repo/file.safetensors``; ``state_dict``
     (optional) is loaded instead of reading ``location`` (tests, tiny mode). Raises
     :class:`PhotoMakerInputError` when the file has no UNet LoRA keys diffusers can place."""
     mode = mode or mode_for(location)
+    set_fuse_policy(pipe, fuse)  # checked before anything is loaded
     state = dict(state_dict) if state_dict is not None else read_lora(location)
     bake_fused_adapters(pipe)
     logger.info("loading the fast-mode LoRA %s (%s)", location, mode.name)
@@ -302,6 +319,7 @@ def attach_fast_lora(
         pipe.set_adapters([FAST_ADAPTER], [mode.lora_scale])
     pipe.unet.disable_lora()  # quality mode is the resting state
     _ATTACHED[pipe.unet] = mode
+    set_fuse_policy(pipe, fuse)
     logger.info("fast mode ready: %s on %d UNet layers", mode.name, len(layers))
     return mode
 
@@ -333,13 +351,196 @@ def fast_scheduler(pipe: Any, mode: FastMode) -> Any:
     return scheduler_class.from_config(pipe.scheduler.config, **mode.scheduler_overrides)
 
 
+# --------------------------------------------------------------------------- fused calls
+
+#: How a fast call uses the LoRA, per UNet (the ``fast_fuse`` setting; ``auto`` if unset).
+_FUSE_POLICY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Room a fused call must leave on the GPU beside its clone of the weights, for the call's
+#: own activations and the VAE decode: full mode peaks at 10.96 GB with ≈ 7 GB of weights
+#: resident (bench/results-gpu-h100.md), so a call needs about 4 GB on top of the weights.
+FUSE_MARGIN_BYTES = 4 * 1024**3
+#: diffusers hooks under which the weights are not plain resident tensors.
+_WEIGHT_MOVING_HOOKS = frozenset(
+    {"group_offloading", "lazy_prefetch_group_offloading", "layerwise_casting"}
+)
+
+
+def set_fuse_policy(pipe: Any, policy: str) -> None:
+    """How fast calls on ``pipe`` use the LoRA: ``auto``, ``on`` or ``off``."""
+    if policy not in FAST_FUSE_CHOICES:
+        raise PhotoMakerInputError(
+            f"fast_fuse: {policy!r} is not one of {', '.join(FAST_FUSE_CHOICES)}."
+        )
+    _FUSE_POLICY[pipe.unet] = policy
+
+
+def fuse_policy(pipe: Any) -> str:
+    return _FUSE_POLICY.get(pipe.unet, "auto")
+
+
+def _fast_peft_layers(unet: Any) -> list[Any]:
+    return [m for m in _peft_layers(unet) if FAST_ADAPTER in m.lora_A]
+
+
+def _saved_tensors(layer: Any) -> list[Any]:
+    """The base-layer tensors PEFT's ``merge`` of the fast adapter writes to."""
+    base = layer.get_base_layer()
+    tensors = [base.weight]
+    if layer.lora_bias.get(FAST_ADAPTER) and getattr(base, "bias", None) is not None:
+        tensors.append(base.bias)
+    return tensors
+
+
+def fuse_backup_bytes(pipe: Any) -> int:
+    """Bytes of the clone a fused fast call keeps: every tensor the fast LoRA's merge writes
+    (SDXL, rank-64 Lightning layout: 2.56 G parameters, 5.12 GB in bf16)."""
+    return sum(
+        t.numel() * t.element_size()
+        for layer in _fast_peft_layers(pipe.unet)
+        for t in _saved_tensors(layer)
+    )
+
+
+def fuse_blocker(pipe: Any) -> str | None:
+    """Why the fast LoRA cannot be merged into ``pipe``'s UNet weights, or ``None``.
+
+    Offload modes move or replace the weights behind the modules' backs (accelerate's model
+    and sequential offload hooks, diffusers' group offloading keeps its own CPU copies), and
+    float8 storage would round the merged weights to float8; in all of them the fast calls
+    keep the unfused adapter."""
+    unet = pipe.unet
+    layers = _fast_peft_layers(unet)
+    if not layers:
+        return "no fast LoRA is attached"
+    for module in unet.modules():
+        if getattr(module, "_hf_hook", None) is not None:
+            return "the UNet is offloaded by accelerate hooks (model or sequential offload)"
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and _WEIGHT_MOVING_HOOKS & set(getattr(registry, "hooks", {})):
+            return "the UNet's weights are group-offloaded or stored in float8"
+    weights = [t for layer in layers for t in _saved_tensors(layer)]
+    if any(t.is_meta for t in weights):
+        return "the UNet's weights are not resident (meta tensors)"
+    if any(not t.is_floating_point() or t.element_size() < 2 for t in weights):
+        return "the UNet's weights are stored in a type below 16 bits"
+    if len({t.device for t in weights}) > 1:
+        return "the UNet's weights are spread over several devices"
+    return None
+
+
+def _weights_device(pipe: Any) -> Any:
+    """Where the weights the fast LoRA touches live (one device: :func:`fuse_blocker`)."""
+    return _fast_peft_layers(pipe.unet)[0].get_base_layer().weight.device
+
+
+def _cuda_bytes_available(device: Any) -> int:
+    """What a clone may use: the driver's free memory plus what PyTorch's allocator holds
+    unused (the previous fused call's freed clone stays reserved there)."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def fuse_decision(pipe: Any, fuse: bool | None = None) -> tuple[bool, str]:
+    """Whether a fast call on ``pipe`` now runs with the LoRA merged, and why.
+
+    ``fuse``: ``True``/``False`` force it (benchmarks, tests); ``None`` follows the policy.
+    ``off``: never. ``on``: whenever :func:`fuse_blocker` allows (the memory is not checked).
+    ``auto``: when the weights are on a CUDA device with room for the clone plus
+    :data:`FUSE_MARGIN_BYTES`; on the CPU never (there the unfused adapter costs little
+    beside the clone and merge of every touched weight, see bench/results-fast.md)."""
+    policy = fuse_policy(pipe) if fuse is None else ("on" if fuse else "off")
+    if policy == "off":
+        return False, "fast_fuse is off"
+    blocker = fuse_blocker(pipe)
+    if blocker is not None:
+        return False, blocker
+    if policy == "on":
+        return True, "fast_fuse is on"
+    device = _weights_device(pipe)
+    if device.type != "cuda":
+        return False, f"the weights are on {device.type}, not a CUDA device"
+    need = fuse_backup_bytes(pipe) + FUSE_MARGIN_BYTES
+    available = _cuda_bytes_available(device)
+    if available < need:
+        return False, f"{available / 1e9:.2f} GB free on {device}, {need / 1e9:.2f} GB needed"
+    return True, f"{available / 1e9:.2f} GB free on {device}, {need / 1e9:.2f} GB needed"
+
+
+def fast_fused(unet: Any) -> bool:
+    """True while the fast LoRA is merged into ``unet``'s weights (PEFT's own record). The
+    AOT-compiled forward checks it: its graph carries its own copy of the quality weights."""
+    return any(FAST_ADAPTER in m.merged_adapters for m in _fast_peft_layers(unet))
+
+
+def _restore(saved: list[tuple[Any, list[Any]]]) -> None:
+    """PEFT's ``unmerge`` (so its state says unmerged), then the saved tensors copied back
+    in place: the subtraction's rounding is overwritten and the storage (which compiled
+    graphs and CUDA graphs may hold) stays the same."""
+    import torch
+
+    with torch.no_grad():
+        for layer, backups in saved:
+            if FAST_ADAPTER in layer.merged_adapters:
+                layer.unmerge()
+            for tensor, backup in zip(_saved_tensors(layer), backups, strict=True):
+                tensor.data.copy_(backup)
+    saved.clear()
+
+
+def _fuse(pipe: Any) -> list[tuple[Any, list[Any]]]:
+    """Clone the tensors the merge writes, then merge the fast adapter (PEFT's ``merge``);
+    returns the clones for :func:`_restore`. On any failure what was done is undone first."""
+    import torch
+
+    saved: list[tuple[Any, list[Any]]] = []
+    try:
+        with torch.no_grad():
+            for layer in _fast_peft_layers(pipe.unet):  # clone all first: an OOM merges nothing
+                saved.append((layer, [t.detach().clone() for t in _saved_tensors(layer)]))
+            for layer, _ in saved:
+                layer.merge(adapter_names=[FAST_ADAPTER])
+    except BaseException:
+        _restore(saved)
+        raise
+    return saved
+
+
 @contextmanager
-def generation_mode(pipe: Any, fast: bool) -> Iterator[dict[str, Any]]:
+def fused_fast_weights(pipe: Any, fall_back: bool = False) -> Iterator[bool]:
+    """The fast LoRA merged into ``pipe``'s UNet weights for the block, the weights put back
+    bit for bit afterwards (also after an error; the clone is freed). Yields whether it is
+    merged: with ``fall_back`` a clone that does not fit (CUDA out of memory) leaves the
+    weights as they are (the adapter then runs unfused) instead of raising. Use it under the
+    GPU lock with the fast adapter enabled (a merged PEFT layer that is *disabled* unmerges
+    itself on its next call): :func:`generation_mode` does both."""
+    import torch
+
+    try:
+        saved = _fuse(pipe)
+    except torch.OutOfMemoryError as error:
+        if not fall_back:
+            raise
+        logger.warning("fast LoRA not fused (%s); the adapter runs unfused", error)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _restore(saved)
+
+
+@contextmanager
+def generation_mode(pipe: Any, fast: bool, fuse: bool | None = None) -> Iterator[dict[str, Any]]:
     """Run one call in quality or fast mode; yields the call arguments the mode sets.
 
-    Fast: the adapter on, the mode's scheduler in place; on exit (also on errors) the quality
-    scheduler object is put back and the adapter turned off. Quality: nothing changes and
-    nothing is yielded. Call it under the pipeline's GPU lock (the state is the pipeline's)::
+    Fast: the adapter on, the mode's scheduler in place, and — where :func:`fuse_decision`
+    says so (``fuse`` forces it either way) — the LoRA merged into the weights for this call
+    (:func:`fused_fast_weights`); on exit (also on errors) the weights are put back bit for
+    bit, the quality scheduler object is put back and the adapter turned off. Quality:
+    nothing changes and nothing is yielded. Call it under the pipeline's GPU lock (the state
+    is the pipeline's)::
 
         with generation_mode(pipe, request.fast) as overrides:
             images = pipe(**{**kwargs, **overrides}).images
@@ -352,11 +553,20 @@ def generation_mode(pipe: Any, fast: bool) -> Iterator[dict[str, Any]]:
         raise PhotoMakerInputError(
             "Fast mode is not available on this server (no fast LoRA loaded; see --fast-lora)."
         )
+    fused, why = fuse_decision(pipe, fuse)
+    if not fused and (fuse or (fuse is None and fuse_policy(pipe) == "on")):
+        logger.warning("fast LoRA not fused although asked: %s; the adapter runs unfused", why)
+    logger.debug("fast call %s: %s", "fused" if fused else "with the unfused adapter", why)
     quality_scheduler = pipe.scheduler
     pipe.scheduler = fast_scheduler(pipe, mode)
-    set_fast(pipe, True)
     try:
-        yield mode.call_overrides()
+        set_fast(pipe, True)
+        if fused:
+            # auto may have misjudged (fragmentation, another process): then run unfused
+            with fused_fast_weights(pipe, fall_back=fuse is None and fuse_policy(pipe) == "auto"):
+                yield mode.call_overrides()
+        else:
+            yield mode.call_overrides()
     finally:
         set_fast(pipe, False)
         pipe.scheduler = quality_scheduler

@@ -412,10 +412,12 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
         return None
     mode = fast.mode_for(location)
     if settings.tiny:
-        return fast.attach_fast_lora(pipe, str(tiny_fast_lora_file(settings)), mode=mode)
+        return fast.attach_fast_lora(
+            pipe, str(tiny_fast_lora_file(settings)), mode=mode, fuse=settings.fast_fuse
+        )
     if settings.fast_lora_required:
         try:
-            return fast.attach_fast_lora(pipe, location, mode=mode)
+            return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
         except (OSError, ValueError) as error:
             raise PhotoMakerInputError(
                 f"Could not load the fast LoRA {location!r} ({error}). Give a hub id or "
@@ -423,7 +425,7 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
                 "downloaded, a folder or a .safetensors file; --fast-lora none hides the mode."
             ) from error
     try:
-        return fast.attach_fast_lora(pipe, location, mode=mode)
+        return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
     except Exception as error:  # optional: any failure (offline, no access) hides the mode
         if fast.FAST_ADAPTER in pipe.get_list_adapters().get("unet", []):
             pipe.delete_adapters(fast.FAST_ADAPTER)

@@ -47,6 +47,8 @@ MEMORY_MODES = (
 DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
 #: Values of ``fast_lora`` that hide the fast mode.
 FAST_LORA_OFF = ("none", "off", "")
+#: How fast calls use the distillation LoRA: merged into the weights per call or not.
+FAST_FUSE_CHOICES = ("auto", "on", "off")
 #: The style image's IP-Adapter: the one the official V2 example loads (hub repo/subfolder/file;
 #: its image encoder is the ``image_encoder`` folder beside it).
 DEFAULT_STYLE_ADAPTER = "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.bin"
@@ -219,6 +221,20 @@ FIELDS: tuple[Field, ...] = (
         "downloaded, else the mode is off (with a warning); a LoRA named here must load.",
     ),
     Field(
+        "fast_fuse",
+        str,
+        "auto",
+        "How a Fast request uses the distillation LoRA. on: merged into the UNet's weights "
+        "for that request (PEFT merge) after cloning the weights it touches, which are put "
+        "back bit for bit afterwards: plain SDXL's cost per step, but the clone takes VRAM "
+        "during fast requests (5.12 GB in bf16 at full size) and a few copies per request. "
+        "off: the unfused adapter (no extra memory; thousands of small extra kernels per "
+        "step, slow on a GPU). auto: on when the UNet is on a CUDA device with room for the "
+        "clone plus 4 GiB, else off (so off on the CPU and in the offload and fp8 modes). "
+        "Quality images are the same in all three. on needs --memory full.",
+        choices=FAST_FUSE_CHOICES,
+    ),
+    Field(
         "style_adapter",
         str,
         None,
@@ -325,6 +341,7 @@ class Settings:
     style_lora_weight: float = 0.8
     doodle_adapter: str | None = None  # None: the default adapter, if it can be had
     fast_lora: str | None = None  # None: the default distillation LoRA, if it can be had
+    fast_fuse: str = "auto"
     style_adapter: str | None = None  # None: the default IP-Adapter, if it can be had
     controlnet: str | None = None
     max_photos: int = 10
@@ -353,6 +370,13 @@ class Settings:
                 f"Setting aot needs memory full, not {self.memory}: the compiled UNet keeps "
                 "its own copy of the weights on the GPU, which the offload modes would not "
                 "move, and fp8 storage is not verified with it. Unset one of them."
+            )
+        if self.fast_fuse == "on" and self.memory != "full":
+            raise PhotoMakerInputError(
+                f"Setting fast_fuse on needs memory full, not {self.memory}: the offload modes "
+                "move the weights between CPU and GPU behind the UNet's back and fp8 stores "
+                "them in float8, so the fast LoRA cannot be merged into them for a request. "
+                "Use fast_fuse auto (it stays off there) or memory full."
             )
         if not self.max_photo_megapixels > 0:
             raise PhotoMakerInputError("Setting max_photo_megapixels must be above 0.")
