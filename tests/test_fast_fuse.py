@@ -234,6 +234,16 @@ def test_the_policy_auto_on_off_and_what_refuses_it(pipe, monkeypatch):
         fast.set_fuse_policy(pipe, "always")
 
 
+def test_float8_storage_is_never_fused(tmp_path):
+    from photomaker.loading import enable_fp8_storage
+
+    pipe = build_tiny_pipeline("v1", cache_dir=tmp_path)
+    load_fast_lora(pipe, Settings(tiny=True))
+    enable_fp8_storage(pipe.unet, torch.float32)  # what --memory fp8 does
+    fused, why = fast.fuse_decision(pipe, fuse=True)
+    assert not fused and "float8" in why
+
+
 def test_the_setting_and_its_refusals():
     assert Settings().fast_fuse == "auto"
     assert Settings.from_env({"PHOTOMAKER_FAST_FUSE": "off"}).fast_fuse == "off"
