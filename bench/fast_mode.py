@@ -6,10 +6,14 @@
   the adapter disabled (quality) and enabled (fast); per image, quality = 50 steps × batch 2
   (CFG), fast = the mode's steps × its batch. The LoRA's rank is an assumption (``--rank``,
   default 64, the rank of the common SDXL distillation LoRAs; the real file was not read).
-* Switching, on the tiny UNet on the CPU, two designs, interleaved, with their spread:
-  **adapter** (ours: the unfused adapter's PEFT flag on and off) and **fuse+restore** (fuse the
+  A fast call with the LoRA **fused** (``photomaker.fast.fused_fast_weights``) is counted too.
+* Switching, on the tiny UNet on the CPU, three designs, interleaved, with their spread:
+  **adapter** (the unfused adapter's PEFT flag on and off), **fuse+restore** (fuse the
   LoRA into the weights for fast mode, and for bit-identical quality images put back a saved
-  copy of every weight it touched). The copy's bytes at full size are counted on meta.
+  copy of every weight it touched, PEFT's merged list edited by hand) and **fused per
+  request** (what ``fast_fuse`` does around each fused fast call: flag on, clone, PEFT
+  ``merge``, then PEFT ``unmerge``, copy the clone back, flag off; checked bit for bit after
+  the rounds). The copy's bytes at full size are counted on meta.
 
     python bench/fast_mode.py            # writes bench/results-fast.md and .json (≈ 1 minute)
 """
@@ -68,6 +72,12 @@ def full_size_flops(rank: int, mode: fast.FastMode) -> dict:
             calls[f"{'fast' if enabled else 'quality'}_b{batch}"] = flops.count(
                 lambda inputs=inputs: unet(**inputs)
             ).flops
+    holder = _Holder(unet)  # adapter still enabled: a fused fast call, merged on meta
+    with fast.fused_fast_weights(holder):
+        for batch in (1, 2):
+            inputs = flops.unet_inputs(config, batch, latent)
+            calls[f"fused_b{batch}"] = flops.count(lambda inputs=inputs: unet(**inputs)).flops
+    unet.disable_lora()
     fast_batch = 2 if mode.uses_negative_prompt else 1
     quality_image = QUALITY_STEPS * calls["quality_b2"]
     fast_image = mode.steps * calls[f"fast_b{fast_batch}"]
@@ -80,6 +90,9 @@ def full_size_flops(rank: int, mode: fast.FastMode) -> dict:
         "plain_b2": plain[2],
         **calls,
         "quality_equals_plain": calls["quality_b1"] == plain[1] and calls["quality_b2"] == plain[2],
+        "fused_equals_plain": calls["fused_b1"] == plain[1] and calls["fused_b2"] == plain[2],
+        "fused_per_image": mode.steps * calls[f"fused_b{fast_batch}"],
+        "fused_ratio": mode.steps * calls[f"fused_b{fast_batch}"] / quality_image,
         "fast_step_overhead": calls[f"fast_b{fast_batch}"] / plain[fast_batch] - 1,
         "quality_per_image": quality_image,
         "fast_per_image": fast_image,
@@ -92,26 +105,27 @@ def full_size_flops(rank: int, mode: fast.FastMode) -> dict:
 # --------------------------------------------------------------------------- switching
 
 
+class _Holder:  # what photomaker.fast needs of a pipeline, on a bare UNet
+    def __init__(self, unet):
+        self.unet = unet
+
+    def unload_lora_weights(self):
+        self.unet.unload_lora()
+
+    def load_lora_weights(self, state, adapter_name):
+        from diffusers import StableDiffusionXLPipeline
+
+        sd, alphas = StableDiffusionXLPipeline.lora_state_dict(state)
+        StableDiffusionXLPipeline.load_lora_into_unet(
+            sd, alphas, unet=self.unet, adapter_name=adapter_name
+        )
+
+
 def _tiny_unet_with_fast_lora():
     from photomaker.tiny import build_tiny_components
 
-    class Holder:  # what attach_fast_lora needs of a pipeline, on a bare UNet
-        def __init__(self, unet):
-            self.unet = unet
-
-        def unload_lora_weights(self):
-            self.unet.unload_lora()
-
-        def load_lora_weights(self, state, adapter_name):
-            from diffusers import StableDiffusionXLPipeline
-
-            sd, alphas = StableDiffusionXLPipeline.lora_state_dict(state)
-            StableDiffusionXLPipeline.load_lora_into_unet(
-                sd, alphas, unet=self.unet, adapter_name=adapter_name
-            )
-
     unet = build_tiny_components(0)["unet"]
-    holder = Holder(unet)
+    holder = _Holder(unet)
     fast.attach_fast_lora(holder, "tiny", state_dict=fast.random_fast_lora_state_dict(unet))
     return holder
 
@@ -126,8 +140,9 @@ def switching(rounds: int) -> dict:
     holder = _tiny_unet_with_fast_lora()
     unet = holder.unet
     layers = _targets(unet)
-    times = {"adapter": [], "fuse+restore": []}
+    times = {"adapter": [], "fuse+restore": [], "fused per request": []}
     saved_bytes = sum(m.get_base_layer().weight.numel() * 4 for m in layers)  # fp32 copy
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
     for _ in range(rounds):
         t = time.perf_counter()
         fast.set_fast(holder, True)
@@ -143,9 +158,18 @@ def switching(rounds: int) -> dict:
             m.get_base_layer().weight.data.copy_(w)
         del saved
         times["fuse+restore"].append(time.perf_counter() - t)
+
+        t = time.perf_counter()  # generation_mode's fused path, less the scheduler swap
+        fast.set_fast(holder, True)
+        with fast.fused_fast_weights(holder):
+            pass
+        fast.set_fast(holder, False)
+        times["fused per request"].append(time.perf_counter() - t)
+    after = unet.state_dict()
     return {
         "rounds": rounds,
         "layers": len(layers),
+        "bit_identical_after": all(torch.equal(after[k], v) for k, v in before.items()),
         "tiny_copy_bytes_fp32": saved_bytes,
         "seconds": {
             k: {
@@ -184,6 +208,8 @@ def markdown(data: dict) -> str:
         f"| quality (fast adapter loaded, disabled) | {f['quality_b1'] / 1e12:.3f} T "
         f"| {f['quality_b2'] / 1e12:.3f} T |",
         f"| fast (adapter enabled) | {f['fast_b1'] / 1e12:.3f} T | {f['fast_b2'] / 1e12:.3f} T |",
+        f"| fast (fused for the call) | {f['fused_b1'] / 1e12:.3f} T "
+        f"| {f['fused_b2'] / 1e12:.3f} T |",
         "",
         "Quality mode's UNet FLOPs per step are "
         + ("exactly" if f["quality_equals_plain"] else "**not** exactly")
@@ -192,7 +218,10 @@ def markdown(data: dict) -> str:
         f"{QUALITY_STEPS} × batch {QUALITY_BATCH} = {f['quality_per_image'] / 1e12:.1f} TFLOP, "
         f"fast {mode['steps']} × batch {mode['unet_batch']} = "
         f"{f['fast_per_image'] / 1e12:.1f} TFLOP: **{f['ratio']:.3f}** of quality "
-        f"(1/{1 / f['ratio']:.1f}).",
+        f"(1/{1 / f['ratio']:.1f}). Fused for the call (`fast_fuse`), a fast step's FLOPs are "
+        + ("exactly" if f["fused_equals_plain"] else "**not** exactly")
+        + f" plain SDXL's: {f['fused_per_image'] / 1e12:.1f} TFLOP per image, "
+        f"**{f['fused_ratio']:.3f}** of quality (1/{1 / f['fused_ratio']:.1f}).",
         "",
         "## Switching modes (tiny UNet, CPU)",
         "",
@@ -201,17 +230,30 @@ def markdown(data: dict) -> str:
         "",
         "| Design | median | min – max | extra memory |",
         "|---|---|---|---|",
-        f"| adapter flag (chosen) | {sec['adapter']['median'] * 1e3:.2f} ms "
+        f"| adapter flag (`fast_fuse` off; auto on a CPU) | {sec['adapter']['median'] * 1e3:.2f} ms "
         f"| {sec['adapter']['min'] * 1e3:.2f} – {sec['adapter']['max'] * 1e3:.2f} ms | none |",
         f"| fuse + restore saved weights | {sec['fuse+restore']['median'] * 1e3:.2f} ms "
         f"| {sec['fuse+restore']['min'] * 1e3:.2f} – {sec['fuse+restore']['max'] * 1e3:.2f} ms "
         f"| a copy of the touched weights: {s['tiny_copy_bytes_fp32'] / 1e6:.2f} MB here, "
         f"{f['fuse_restore_copy_bytes_bf16'] / 1e9:.2f} GB at full size in bf16 |",
+        f"| fused per request (`fast_fuse`: PEFT merge, unmerge, copy back) "
+        f"| {sec['fused per request']['median'] * 1e3:.2f} ms "
+        f"| {sec['fused per request']['min'] * 1e3:.2f} – "
+        f"{sec['fused per request']['max'] * 1e3:.2f} ms | the same copy, during fast calls "
+        "only |",
         "",
         f"The adapter flag is {sec['fuse+restore']['median'] / sec['adapter']['median']:.1f}× "
         "cheaper to switch (median) and needs no copy; it costs the fast steps their "
-        f"{f['fast_step_overhead']:.1%} side path. Fusing without the saved copy would not "
-        "give bit-identical quality images back (bf16 W + ΔW − ΔW ≠ W).",
+        f"{f['fast_step_overhead']:.1%} side path, which on a GPU costs far more than its "
+        "FLOPs (thousands of small kernels per step: bench/results-gpu.md). Fusing without the "
+        "saved copy would not give bit-identical quality images back (bf16 W + ΔW − ΔW ≠ W). "
+        "The fused-per-request path costs "
+        f"{sec['fused per request']['median'] / sec['adapter']['median']:.1f}× the flag here "
+        "(PEFT's unmerge recomputes every ΔW before the copy overwrites the result); after "
+        f"{s['rounds']} rounds the UNet's weights were "
+        + ("bit for bit" if s["bit_identical_after"] else "**not** bit for bit")
+        + " the original ones. These are CPU timings of a tiny UNet: on a GPU the clone and "
+        "copy of 5 GB are device-to-device copies; not measured yet.",
         "",
     ]
     return "\n".join(lines)

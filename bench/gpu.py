@@ -72,10 +72,18 @@ MODES = (
 #: fast / compile-fast run fast mode (photomaker.fast: the distillation LoRA, its scheduler,
 #: steps and guidance); unet: bare UNet forwards; ab: interleaved whole calls of the
 #: reference V1, ours V1, ours V2 and ours V2 fast on the same weights (their own pipelines).
-BACKENDS = ("eager", "compile", "unet", "fast", "compile-fast", "aot", "ab")
+#: fast-fused / compile-fast-fused: the same with the LoRA merged into the weights for each
+#: call (photomaker.fast's fast_fuse forced on); fast / compile-fast keep the unfused adapter.
+BACKENDS = ("eager", "compile", "unet", "fast", "compile-fast", "aot", "ab", "fast-fused",
+            "compile-fast-fused")  # fmt: skip
 #: Which pipeline a backend's runs share: its group kind.
 KIND = {"eager": "eager", "unet": "eager", "fast": "eager", "compile": "compile",
-        "compile-fast": "compile", "aot": "aot", "ab": "ab"}  # fmt: skip
+        "compile-fast": "compile", "aot": "aot", "ab": "ab", "fast-fused": "eager",
+        "compile-fast-fused": "compile"}  # fmt: skip
+#: The backends that run fast mode, the torch.compile ones, the fused ones.
+FAST_BACKENDS = ("fast", "compile-fast", "fast-fused", "compile-fast-fused")
+COMPILE_BACKENDS = ("compile", "compile-fast", "compile-fast-fused")
+FUSED_BACKENDS = ("fast-fused", "compile-fast-fused")
 DEFAULT_PLAN = (
     "full/unet/20",
     "full/eager/50x1",
@@ -172,7 +180,7 @@ def group_plan(specs: list[RunSpec]) -> list[tuple[str, list[RunSpec]]]:
     groups = []
     for mode, kind in GROUPS:
         runs = [s for s in specs if s.mode == mode and KIND[s.backend] == kind]
-        runs.sort(key=lambda s: (s.backend != "unet", s.backend in ("fast", "compile-fast")))
+        runs.sort(key=lambda s: (s.backend != "unet", s.backend in FAST_BACKENDS))
         if runs:
             groups.append((mode + GROUP_SUFFIX[kind], runs))
     return groups
@@ -471,17 +479,21 @@ def attach_fast(pipe, args, device) -> dict:
     return {"fast_lora_rank": rank, "fast_layers": fast.fast_layers(pipe)}
 
 
-def fast_call(pipe, clock: Clock, kwargs: dict) -> dict:
-    """One fast-mode call: the mode's scheduler, steps and guidance (photomaker.fast)."""
+def fast_call(pipe, clock: Clock, kwargs: dict, fuse: bool = False) -> dict:
+    """One fast-mode call: the mode's scheduler, steps and guidance (photomaker.fast); with
+    ``fuse`` the LoRA merged into the weights for the call (``fast_fused`` records whether it
+    was: the offload and fp8 modes refuse it and run the adapter)."""
     from photomaker import fast
 
-    with fast.generation_mode(pipe, True) as overrides:
-        return {**timed_call(pipe, clock, {**kwargs, **overrides}), **overrides}
+    with fast.generation_mode(pipe, True, fuse=fuse) as overrides:
+        fused = fast.fast_fused(pipe.unet)
+        return {**timed_call(pipe, clock, {**kwargs, **overrides}), **overrides,
+                "fast_fused": fused}  # fmt: skip
 
 
 def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -> dict:
     result = {}
-    fast_mode = spec.backend in ("fast", "compile-fast")
+    fast_mode = spec.backend in FAST_BACKENDS
     if fast_mode and not state.get("fast"):
         state["fast"] = attach_fast(pipe, args, device)
     if fast_mode:
@@ -498,7 +510,7 @@ def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -
         state["aot"] = forward
         timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
         result["compile_and_first_call_s"] = time.perf_counter() - first
-    if spec.backend in ("compile", "compile-fast") and not state.get("compiled"):
+    if spec.backend in COMPILE_BACKENDS and not state.get("compiled"):
         first = time.perf_counter()
         tuned = args.compile_tuning
         state["compile"] = compile_unet_for_bench(pipe, args, tuned)
@@ -518,11 +530,11 @@ def run_pipeline(pipe, spec: RunSpec, args, device, clock: Clock, state: dict) -
             timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, spec.images))
         state["compiled"] = True
         result["compile_and_first_call_s"] = time.perf_counter() - first
-    if spec.backend in ("compile", "compile-fast"):
+    if spec.backend in COMPILE_BACKENDS:
         result.update(state["compile"])
         if "compile_tuned_error" in state:
             result["compile_tuned_error"] = state["compile_tuned_error"]
-    tuned_attention = spec.backend in ("compile", "compile-fast") and args.compile_tuning
+    tuned_attention = spec.backend in COMPILE_BACKENDS and args.compile_tuning
     with attention_context(args) if tuned_attention else contextlib.nullcontext():
         return _measure(pipe, spec, args, device, clock, state, result, fast_mode)
 
@@ -532,7 +544,8 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
     """The timed part of :func:`run_pipeline`: a fast-mode warm call if needed, then one call."""
     if fast_mode and not state.get(f"warm-{spec.backend}"):  # the adapter flags recompile once
         first = time.perf_counter()
-        fast_call(pipe, clock, call_kwargs(args, spec.steps, spec.images))
+        fast_call(pipe, clock, call_kwargs(args, spec.steps, spec.images),
+                  fuse=spec.backend in FUSED_BACKENDS)  # fmt: skip
         result["fast_first_call_s"] = time.perf_counter() - first
         state[f"warm-{spec.backend}"] = True
     graphs = _compiled_graphs()
@@ -540,9 +553,10 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
     if device.type == "cuda":  # what is resident before the call: the weights of full mode
         result["allocated_before_gb"] = torch.cuda.memory_allocated(device) / GB
     kwargs = call_kwargs(args, spec.steps, spec.images)
-    result.update(fast_call(pipe, clock, kwargs) if fast_mode else timed_call(pipe, clock, kwargs))
+    result.update(fast_call(pipe, clock, kwargs, fuse=spec.backend in FUSED_BACKENDS)
+                  if fast_mode else timed_call(pipe, clock, kwargs))  # fmt: skip
     result.update(memory(device))
-    if spec.backend in ("compile", "compile-fast"):  # > 0: the timed call recompiled
+    if spec.backend in COMPILE_BACKENDS:  # > 0: the timed call recompiled
         result["graphs_compiled_in_timed_call"] = _compiled_graphs() - graphs
     if spec.backend == "aot":
         result["aot_compiled_calls"] = state["aot"].compiled_calls
@@ -687,7 +701,7 @@ def add_flops(result: dict, spec: RunSpec, args, peak: float | None) -> None:
     try:
         from bench import flops
 
-        if spec.backend in ("fast", "compile-fast", "ab"):
+        if spec.backend in (*FAST_BACKENDS, "ab"):
             return  # bench/fast_mode.py counts fast mode's FLOPs; ab has its own ratios
         if spec.backend == "unet":
             total = flops.unet_call(2, None, None, args.size).flops
@@ -796,8 +810,9 @@ def _targets_16_lines(by_name: dict) -> list[str]:
     compiled = (by_name.get("full/compile/50x1") or {}).get("seconds_per_image")
     row("compiled, s / image", compiled, f"≤ {TARGETS_16['compiled_s']} s",
         compiled is not None and compiled <= TARGETS_16["compiled_s"], " s")  # fmt: skip
-    fast_c = next((r.get("seconds_per_image") for n, r in by_name.items()
-                   if r["backend"] == "compile-fast" and n.endswith("x1")), None)  # fmt: skip
+    fast_c = min((r["seconds_per_image"] for n, r in by_name.items()  # adapter or fused
+                  if r["backend"] in ("compile-fast", "compile-fast-fused") and n.endswith("x1")
+                  and r.get("seconds_per_image") is not None), default=None)  # fmt: skip
     row("fast, compiled, s / image", fast_c, f"≤ {TARGETS_16['fast_compiled_s']} s",
         fast_c is not None and fast_c <= TARGETS_16["fast_compiled_s"], " s")  # fmt: skip
     ab = next((r for r in by_name.values() if r["backend"] == "ab"), None)

@@ -6,7 +6,7 @@ licence of SDXL itself, so a public Space may serve it) — and runs the schedul
 and guidance its authors recommend: Euler with ``timestep_spacing="trailing"``, 8 steps,
 no classifier-free guidance (so the negative prompt has no effect in fast mode).
 
-Design, and why (measured by ``bench/fast_switch.py``, see ``bench/results-fast.md``):
+Design, and why (measured by ``bench/fast_mode.py``, see ``bench/results-fast.md``):
 
 * The distillation LoRA stays a **PEFT adapter**, *disabled* in quality mode. A disabled
   PEFT layer runs only its base layer, so quality mode's UNet FLOPs per step are exactly

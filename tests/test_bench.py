@@ -118,11 +118,12 @@ def test_run_specs_and_plan():
     specs = [gpu.RunSpec.parse(s) for s in (
         "sequential-offload/eager/5x1", "full/compile/50x1", "model-offload/eager/50x1",
         "full/eager/50x1", "full/unet/20")]  # fmt: skip
+    specs += [gpu.RunSpec.parse(s) for s in ("full/fast-fused/8x1", "full/compile-fast-fused/8x1")]
     groups = [(g, [s.name for s in runs]) for g, runs in gpu.group_plan(specs)]
-    assert groups == [
-        ("full", ["full/unet/20", "full/eager/50x1"]),
+    assert groups == [  # fast runs last in their group (attaching the fast LoRA bakes weights)
+        ("full", ["full/unet/20", "full/eager/50x1", "full/fast-fused/8x1"]),
         ("model-offload", ["model-offload/eager/50x1"]),
-        ("full (compiled)", ["full/compile/50x1"]),
+        ("full (compiled)", ["full/compile/50x1", "full/compile-fast-fused/8x1"]),
         ("sequential-offload", ["sequential-offload/eager/5x1"]),
     ]
 
@@ -339,7 +340,8 @@ BLOCKER = textwrap.dedent(
 #: the script runs them (its groups: full — bare UNet first, fast last — model-offload, fp8,
 #: group-offload, then the A/B run).
 DRY_RUN_PLAN = (
-    "full/unet/1,full/eager/2x1,full/eager/2x2,full/fast/8x1,model-offload/eager/2x1,"
+    "full/unet/1,full/eager/2x1,full/eager/2x2,full/fast/8x1,full/fast-fused/8x1,"
+    "model-offload/eager/2x1,"
     "fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
 )
 
@@ -383,6 +385,9 @@ def test_gpu_script_dry_run_of_the_issue_16_runs(dry_run):
     fast_run = by_name["full/fast/8x1"]
     assert fast_run["num_inference_steps"] == 8 and fast_run["steps_measured"] == 8
     assert fast_run["guidance_scale"] == 0.0 and fast_run["fast_layers"] > 50
+    fused_run = by_name["full/fast-fused/8x1"]  # the same call with the LoRA merged for it
+    assert not fast_run["fast_fused"] and fused_run["fast_fused"]
+    assert fused_run["steps_measured"] == 8 and fused_run["guidance_scale"] == 0.0
     ab = by_name["full/ab/2x1"]
     assert ab["variants"] == ["ours-v1", "ours-v2", "ours-v2-fast"] and ab["baseline"] == "ours-v1"
     assert set(ab["spread_vs_baseline"]) == {"ours-v2", "ours-v2-fast"}
