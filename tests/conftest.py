@@ -9,7 +9,12 @@ One CPU thread per process for torch (``OMP_NUM_THREADS``, unless set already; s
 inherit it): the tiny models' operations are far too small to gain from a second thread, and
 on a shared or oversubscribed machine the OpenMP threads wait on each other — a tiny
 pipeline call measured 0.08 s with one thread and 2.3 s with two on this project's busy
-2-core machine."""
+2-core machine.
+
+No network: ``HF_HUB_OFFLINE=1`` (unless set already; subprocesses inherit it). Settings
+whose defaults name a hub download (the fast LoRA, the style image's IP-Adapter, the doodle's
+adapter) then fail at once as "not in the cache", as they would on a machine without
+internet, instead of each waiting out connection timeouts (46 s of one test's 52 s)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import sys
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "huggingface_hub" in sys.modules:  # imported before this file: its constant is read already
+    sys.modules["huggingface_hub"].constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"] == "1"
 if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,7 @@ class Space:
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: spaces' workers go with it
             )
         self.url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -125,12 +127,18 @@ class Space:
                           self.text())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        """End the app and the GPU workers spaces forked from it (they outlive their parent
+        otherwise: the start-up compile's worker and the generation worker stay in its pool)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                continue
+            time.sleep(0.5)  # the forked workers get the same signal; give them a moment
         self.api.close()
 
 
