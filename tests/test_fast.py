@@ -4,6 +4,7 @@ exact quality images after switching, and the optional default."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -137,15 +138,25 @@ class UNetCalls:
             hook.remove()
 
 
-def test_quality_costs_plain_sdxl_flops_and_fast_costs_under_a_fifth(pipe):
+@contextlib.contextmanager
+def counted_attention(pipe):
+    """``pipe``'s UNet with attention as plain matmuls (the non-SDPA processor), which the FLOP
+    counter counts on the CPU, and a plain tiny SDXL UNet set up alike to compare with; the
+    pipeline's processors are put back afterwards."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    # The non-SDPA processor runs attention as matmuls, which the counter counts on the CPU.
     original = pipe.unet.attn_processors
     pipe.unet.set_attn_processor(AttnProcessor())
     plain = build_tiny_components(0)["unet"]
     plain.set_attn_processor(AttnProcessor())
     try:
+        yield plain
+    finally:
+        pipe.unet.set_attn_processor(original)
+
+
+def test_quality_costs_plain_sdxl_flops_and_fast_costs_under_a_fifth(pipe):
+    with counted_attention(pipe) as plain:
         quality, fast_calls, plain_calls = UNetCalls(pipe.unet), None, UNetCalls(plain)
         # 32 px (16² latents): the FLOPs scale with the size alike in both modes.
         generate(pipe, False, size=32, **QUALITY)
@@ -157,8 +168,6 @@ def test_quality_costs_plain_sdxl_flops_and_fast_costs_under_a_fifth(pipe):
             plain(torch.zeros(2, 4, 16, 16), 10, torch.zeros(2, 77, 64), added_cond_kwargs={
                 "text_embeds": torch.zeros(2, 32), "time_ids": torch.zeros(2, 6)})
         plain_calls.close()
-    finally:
-        pipe.unet.set_attn_processor(original)
     assert quality.batches == [2] * 50 and fast_calls.batches == [1] * 8  # CFG off in fast
     # Quality: per step exactly plain SDXL's FLOPs (the disabled adapter adds nothing).
     assert set(quality.flops) == {plain_calls.flops[0]}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
@@ -17,7 +16,8 @@ from photomaker import aot, fast
 from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import load_fast_lora
 from photomaker.settings import Settings
-from photomaker.tiny import build_tiny_components, build_tiny_pipeline
+from photomaker.tiny import build_tiny_pipeline
+from tests.test_fast import counted_attention
 
 PROMPT = "a photo of a man img"
 
@@ -160,18 +160,11 @@ def _flops(unet, batch: int) -> int:
 
 
 def test_a_fused_fast_step_costs_plain_sdxls_flops(pipe):
-    # The non-SDPA processor runs attention as matmuls, which the counter counts on the CPU.
-    original = pipe.unet.attn_processors
-    pipe.unet.set_attn_processor(AttnProcessor())
-    plain = build_tiny_components(0)["unet"]
-    plain.set_attn_processor(AttnProcessor())
-    try:
+    with counted_attention(pipe) as plain:
         with fast.generation_mode(pipe, True, fuse=True):
             fused = _flops(pipe.unet, 1)
         with fast.generation_mode(pipe, True, fuse=False):
             adapter = _flops(pipe.unet, 1)
-    finally:
-        pipe.unet.set_attn_processor(original)
     assert fused == _flops(plain, 1) < adapter  # the side path is gone
 
 
