@@ -252,3 +252,38 @@ def spread_sentence(spread: dict, a: str, b: str) -> str:
 def say(*parts) -> None:
     """Progress for the person running a benchmark: stdout, flushed at once."""
     print(*parts, flush=True)  # noqa: T201
+
+
+def load_reference():
+    """The reference implementation (``photomakerv`` 0.1.0, V1), unpacked in ``.oracle/``
+    (scripts/test.sh) or, on a GPU machine, in ``.whl/oracle/`` (bench/prepare_gpu.sh copies
+    it there); else ``None``, and the benchmarks time ours only."""
+    try:
+        from tests import reference
+    except ImportError:
+        return None
+    for folder in (reference.ORACLE_DIR, ROOT / ".whl" / "oracle" / "photomaker"):
+        if (folder / "__init__.py").is_file():
+            reference.ORACLE_DIR = folder
+            try:
+                return reference.load_oracle()
+            except Exception as error:  # a reference that cannot load: ours only, say why
+                say(f"    the reference in {folder} did not load: {error}")
+                return None
+    return None
+
+
+def reference_pipeline(oracle, components: dict, ours_v1, encoder_state: dict, device, dtype):
+    """The reference V1 pipeline on ``components`` (shared with ``ours_v1``, whose tokenizers
+    already hold the trigger word and whose ID image processor it borrows), its own ID encoder
+    class holding ``encoder_state``: the same weights as ours, run by its code."""
+    from accelerate import init_empty_weights
+
+    ref = oracle.pipeline.PhotoMakerStableDiffusionXLPipeline(**components)
+    ref.trigger_word = "img"
+    ref.id_image_processor = ours_v1.id_image_processor
+    with init_empty_weights():
+        encoder = oracle.model.PhotoMakerIDEncoder()
+    encoder.load_state_dict(encoder_state, strict=True, assign=True)
+    ref.id_encoder = encoder.to(device, dtype).eval()
+    return ref

@@ -94,18 +94,8 @@ class StageTimer:
         )
 
 
-def load_reference():
-    """The reference V1 package from .oracle/, or None (scripts/test.sh unpacks it)."""
-    try:
-        from tests import reference
-    except ImportError:
-        return None
-    return reference.load_oracle()
-
-
 def build(args) -> dict:
     """Ours V1 and the reference V1 on shared components; ours V2 on its own UNet (its LoRA)."""
-    from accelerate import init_empty_weights
 
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
 
@@ -134,16 +124,11 @@ def build(args) -> dict:
     pipes["ours-v2"] = PhotoMakerStableDiffusionXLPipeline(**components_v2)
     pipes["ours-v2"].load_photomaker_adapter(v2, pm_version="v2", trigger_word="img")
     common.ensure_lora_fused(pipes["ours-v2"])
-    oracle = load_reference()
+    oracle = common.load_reference()
     if oracle is not None:
-        ref = oracle.pipeline.PhotoMakerStableDiffusionXLPipeline(**components)
-        ref.trigger_word = "img"  # the tokenizers already hold it (ours added it)
-        ref.id_image_processor = pipes["ours-v1"].id_image_processor
-        with init_empty_weights():
-            encoder = oracle.model.PhotoMakerIDEncoder()
-        encoder.load_state_dict(v1_encoder, strict=True, assign=True)
-        ref.id_encoder = encoder.eval()
-        pipes["reference-v1"] = ref
+        pipes["reference-v1"] = common.reference_pipeline(
+            oracle, components, pipes["ours-v1"], v1_encoder, "cpu", torch.float32
+        )
     for pipe in pipes.values():
         pipe.set_progress_bar_config(disable=True)
     return pipes

@@ -59,15 +59,10 @@ import torch
 
 from bench import common, sdxl_configs
 from photomaker.loading import configure_offload_vae, enable_fp8_storage, enable_group_offload
+from photomaker.settings import MEMORY_MODES
 
-MODES = (
-    "full",
-    "model-offload",
-    "sequential-offload",
-    "fp8",
-    "group-offload",
-    "group-offload-fp8",
-)
+#: The app's --memory modes, each a pipeline placement this script can build.
+MODES = MEMORY_MODES
 #: eager / compile (torch.compile) / aot (photomaker.aot, AOTInductor) run quality mode;
 #: fast / compile-fast run fast mode (photomaker.fast: the distillation LoRA, its scheduler,
 #: steps and guidance); unet: bare UNet forwards; ab: interleaved whole calls of the
@@ -575,30 +570,10 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
     return result
 
 
-def load_reference():
-    """The reference implementation (``photomakerv`` 0.1.0, V1), unpacked in ``.oracle/`` or,
-    on the GPU machine, in ``.whl/oracle/`` (bench/prepare_gpu.sh copies it); else ``None``."""
-    try:
-        from tests import reference
-    except ImportError:
-        return None
-    for folder in (reference.ORACLE_DIR, common.ROOT / ".whl" / "oracle" / "photomaker"):
-        if (folder / "__init__.py").is_file():
-            reference.ORACLE_DIR = folder
-            try:
-                return reference.load_oracle()
-            except Exception as error:  # a reference that cannot load: ours only, say why
-                common.say(f"    the reference in {folder} did not load: {error}")
-                return None
-    return None
-
-
 def build_ab(args, device, dtype) -> tuple[dict, dict]:
     """Ours V1 and the reference V1 on one set of components (the LoRA fused for ours,
     unfused as the reference runs it: switched before each call), ours V2 on its own UNet,
     and ours V2 in fast mode; the same random weights in the released V1/V2 layouts."""
-    from accelerate import init_empty_weights
-
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
 
     init = device if device.type == "cuda" else torch.device("cpu")
@@ -610,16 +585,11 @@ def build_ab(args, device, dtype) -> tuple[dict, dict]:
         dict(v1), pm_version="v1", trigger_word="img", **extra
     )
     notes = {}
-    oracle = load_reference() if args.size == "full" else None
+    oracle = common.load_reference() if args.size == "full" else None
     if oracle is not None:
-        ref = oracle.pipeline.PhotoMakerStableDiffusionXLPipeline(**components)
-        ref.trigger_word = "img"  # the tokenizers already hold it (ours added it)
-        ref.id_image_processor = pipes["ours-v1"].id_image_processor
-        with init_empty_weights():
-            encoder = oracle.model.PhotoMakerIDEncoder()
-        encoder.load_state_dict(v1["id_encoder"], strict=True, assign=True)
-        ref.id_encoder = encoder.to(init, dtype).eval()
-        pipes["reference-v1"] = ref
+        pipes["reference-v1"] = common.reference_pipeline(
+            oracle, components, pipes["ours-v1"], v1["id_encoder"], init, dtype
+        )
     else:
         notes["reference-v1"] = (
             "not run: the dry run's tiny ID encoder is not the reference's (full-size) one"

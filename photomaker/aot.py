@@ -293,5 +293,5 @@ def compiled_forward_of(pipe: Any) -> CompiledUNetForward | None:
 
 def remove_compiled_forward(pipe: Any) -> None:
     """Back to the eager forward (when the weights were not drained)."""
-    if isinstance(pipe.unet.__dict__.get("forward"), CompiledUNetForward):
+    if compiled_forward_of(pipe) is not None:
         del pipe.unet.forward

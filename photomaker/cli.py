@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import PhotoMakerError, PhotoMakerInputError, PhotoMakerServerError
+from .params import default, default_steps
 from .service import (
     ASPECT_RATIOS,
     DEFAULT_ASPECT_RATIO,
@@ -140,8 +141,8 @@ def _generate(args: argparse.Namespace) -> int:
             "--fast needs a fast LoRA, and --fast-lora (PHOTOMAKER_FAST_LORA) is none: name a "
             "distillation LoRA with --fast-lora, or drop --fast."
         )
-    steps = args.steps if args.steps is not None else (4 if settings.tiny else 50)
-    guidance = args.guidance_scale if args.guidance_scale is not None else 5.0
+    steps = args.steps if args.steps is not None else default_steps(settings.tiny)
+    guidance = args.guidance_scale if args.guidance_scale is not None else default("guidance_scale")
     request = GenerationRequest(
         photos=args.photos,
         prompt=args.prompt,

@@ -304,7 +304,7 @@ def attach_fast_lora(
     (optional) is loaded instead of reading ``location`` (tests, tiny mode). Raises
     :class:`PhotoMakerInputError` when the file has no UNet LoRA keys diffusers can place."""
     mode = mode or mode_for(location)
-    set_fuse_policy(pipe, fuse)  # checked before anything is loaded
+    set_fuse_policy(pipe, fuse)  # checked (and kept) before anything is loaded
     state = dict(state_dict) if state_dict is not None else read_lora(location)
     bake_fused_adapters(pipe)
     logger.info("loading the fast-mode LoRA %s (%s)", location, mode.name)
@@ -319,7 +319,6 @@ def attach_fast_lora(
         pipe.set_adapters([FAST_ADAPTER], [mode.lora_scale])
     pipe.unet.disable_lora()  # quality mode is the resting state
     _ATTACHED[pipe.unet] = mode
-    set_fuse_policy(pipe, fuse)
     logger.info("fast mode ready: %s on %d UNet layers", mode.name, len(layers))
     return mode
 

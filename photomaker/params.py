@@ -242,6 +242,12 @@ def default(name: str) -> Any:
     return BY_NAME[name].default
 
 
+def default_steps(tiny: bool) -> int:
+    """The steps a request starts from: the table's default, or 4 for ``--tiny``'s random
+    models, whose pictures are noise at any step count (a generation in seconds on a CPU)."""
+    return 4 if tiny else default("steps")
+
+
 def check_value(param: Param, value: Any, choices: tuple[str, ...] | None = None) -> Any:
     """The value if it is one ``param`` takes, else :class:`PhotoMakerInputError` naming it.
 

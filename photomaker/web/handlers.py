@@ -21,7 +21,7 @@ import gradio as gr
 
 from .. import metadata
 from ..errors import GenerationCancelled, PhotoMakerError, PhotoMakerInputError
-from ..params import API_PARAMS, BY_NAME, default
+from ..params import API_PARAMS, BY_NAME, default, default_steps
 from ..service import GenerationRequest, PhotoMakerService, merge_step
 from ..settings import Settings
 from ..styles import DEFAULT_STYLE
@@ -497,8 +497,8 @@ def _slider_to(value: Any, low: float, high: float, **extra: Any):
 
 
 def ui_steps(settings: Settings) -> int:
-    """The Steps slider's first value: the table's default, 4 in tiny mode."""
-    return 4 if settings.tiny else default("steps")
+    """The Steps slider's first value."""
+    return default_steps(settings.tiny)
 
 
 def _log_cancelled_outcome(work) -> None:

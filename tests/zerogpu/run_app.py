@@ -173,17 +173,13 @@ class CompiledStandIn:
 
 
 def _install_aot_stand_in() -> None:
-    """``aot.compile_unet`` with the real capture (``spaces.aoti_capture`` here) and the
-    stand-in for export + compile; ``aot.apply_compiled`` points the stand-in at the UNet."""
-    from torch.utils import _pytree as pytree
-
+    """The real ``aot.compile_unet`` (its capture through ``spaces.aoti_capture`` here) with
+    the stand-in for export + compile; ``aot.apply_compiled`` points the stand-in at the UNet."""
     from photomaker import aot
 
-    def compile_unet(pipe, example_call, shapes=None, package_path=None):
-        call = aot.capture_unet_call(pipe, example_call)
+    def export_unet(unet, call, shapes):
         logger.info("stand-in compile in worker %d", os.getpid())
-        spec = pytree.tree_flatten((call.args, call.kwargs))[1]
-        return aot.CompiledUNet(CompiledStandIn(), spec, shapes or aot.ShapeRange(), 0.0)
+        return None
 
     apply_compiled = aot.apply_compiled
 
@@ -191,7 +187,8 @@ def _install_aot_stand_in() -> None:
         compiled.compiled.unet = pipe.unet
         return apply_compiled(pipe, compiled, drain)
 
-    aot.compile_unet = compile_unet
+    aot.export_unet = export_unet
+    aot.compile_exported = lambda exported, package_path=None: CompiledStandIn()
     aot.apply_compiled = apply_to
 
 
