@@ -553,6 +553,9 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
     result.update(memory(device))
     if spec.backend in COMPILE_BACKENDS:  # > 0: the timed call recompiled
         result["graphs_compiled_in_timed_call"] = _compiled_graphs() - graphs
+        if args.compile_backend == "inductor" and args.compile_mode == "reduce-overhead":
+            # > 0: some graphs ran without CUDA graphs
+            result["cudagraph_skips"] = _cudagraph_skips()
     if spec.backend == "aot":
         result["aot_compiled_calls"] = state["aot"].compiled_calls
         result["aot_eager_calls"] = state["aot"].eager_calls
@@ -662,6 +665,17 @@ def _compiled_graphs() -> int:
         from torch._dynamo.utils import counters
 
         return int(counters["stats"]["unique_graphs"])
+    except Exception:
+        return -1
+
+
+def _cudagraph_skips() -> int:
+    """How many compiled graphs inductor ran without CUDA graphs so far (mode
+    ``reduce-overhead``: a CPU tensor, a mutated input or a dynamic shape make it skip)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
     except Exception:
         return -1
 
@@ -911,6 +925,13 @@ def markdown(data: dict) -> str:
                 + (
                     f"; the tuned settings failed first ({run['compile_tuned_error']})"
                     if run.get("compile_tuned_error")
+                    else ""
+                )
+                + (
+                    f"; CUDA graphs skipped for {run['cudagraph_skips']} graph(s) so far"
+                    if run.get("cudagraph_skips")
+                    else "; every graph ran as CUDA graphs"
+                    if run.get("cudagraph_skips") == 0
                     else ""
                 )
                 + "."
