@@ -6,14 +6,16 @@ CFG) and the latent height and width (every aspect-ratio preset) are ``torch.exp
 and compiled once with AOTInductor. On ZeroGPU the ``spaces`` wrappers do the capture, the
 compile and the apply (``spaces.aoti_capture`` / ``aoti_compile`` / ``aoti_apply``: the
 compiled model is pickled to the GPU worker with its weights); elsewhere
-``torch._inductor.aoti_compile_and_package`` writes a ``.pt2`` package and
-``aoti_load_package`` loads it.
+``torch._inductor.aoti_compile_and_package`` writes a ``.pt2`` package of code only, and
+``aoti_load_package`` loads it with the UNet's own parameters as its constants (user-managed:
+no second copy of the weights, and no 5 GB of constants linked into the shared library, which
+is what made a full-size compile run for minutes).
 
 The compiled forward serves the calls it was compiled for; anything else runs the eager UNet
 (kept unless ``spaces.aoti_apply`` drained it): a call whose argument structure differs (the
 doodle's or a ControlNet's residuals), a size outside the compiled range, and fast mode
-(its LoRA adapter is not in the graph, and a fused fast call's merged weights are not the
-graph's own copy of the weights). If export or compile fails, the pipeline stays eager
+(its LoRA adapter is not in the graph, and on ZeroGPU a fused fast call's merged weights
+are not the graph's own copy of the weights). If export or compile fails, the pipeline stays eager
 and a warning says why (:func:`compile_unet_ahead_of_time` returns ``None``).
 
 The app turns it on with ``--aot`` (``PHOTOMAKER_AOT``; :func:`photomaker.loading.
@@ -140,9 +142,26 @@ def export_unet(unet: Any, call: CapturedCall, shapes: ShapeRange) -> Any:
         )
 
 
-def compile_exported(exported: Any, package_path: str | None = None) -> Callable[..., Any]:
+#: Inductor settings of the compile off ZeroGPU, as ``spaces.aoti_compile`` sets them: the
+#: weights stay out of the package (loaded from the module at load time), and no constant
+#: folding, so the graph's constants are exactly the module's parameters by name.
+WEIGHTLESS_PACKAGE = {
+    "aot_inductor.package_constants_in_so": False,
+    "always_keep_tensor_constants": True,
+    "joint_graph_constant_folding": False,
+}
+
+
+def compile_exported(
+    exported: Any, package_path: str | None = None, weights: Mapping[str, Any] | None = None
+) -> Callable[..., Any]:
     """The AOTInductor-compiled callable of an exported program: ``spaces.aoti_compile`` on
-    ZeroGPU, else ``aoti_compile_and_package`` + ``aoti_load_package`` (a ``.pt2`` file)."""
+    ZeroGPU, else ``aoti_compile_and_package`` + ``aoti_load_package`` (a ``.pt2`` file).
+
+    ``weights`` (off ZeroGPU): the module's state dict. The package is then built without
+    constants and runs on these very tensors (``user_managed``), so it costs no extra memory
+    and sees later in-place changes of the weights; without it the weights are baked into the
+    package, a copy."""
     if on_zerogpu():
         import spaces
 
@@ -150,8 +169,19 @@ def compile_exported(exported: Any, package_path: str | None = None) -> Callable
     if package_path is None:
         folder = tempfile.mkdtemp(prefix="photomaker-aoti-")
         package_path = os.path.join(folder, "unet.pt2")
-    path = torch._inductor.aoti_compile_and_package(exported, package_path=package_path)
-    return torch._inductor.aoti_load_package(path)
+    configs = WEIGHTLESS_PACKAGE if weights is not None else {}
+    path = torch._inductor.aoti_compile_and_package(
+        exported, package_path=package_path, inductor_configs=dict(configs)
+    )
+    loaded = torch._inductor.aoti_load_package(path)
+    if weights is not None:
+        names = loaded.get_constant_fqns()
+        missing = [name for name in names if name not in weights]
+        if missing:
+            raise RuntimeError(f"the compiled UNet wants constants it was not given: {missing[:3]}")
+        constants = {name: weights[name] for name in names}
+        loaded.load_constants(constants, check_full_update=True, user_managed=True)
+    return loaded
 
 
 def _fast_adapter_on(unet: Any) -> bool:
@@ -235,7 +265,7 @@ def compile_unet(
     start = time.perf_counter()
     call = capture_unet_call(pipe, example_call)
     exported = export_unet(pipe.unet, call, shapes)
-    compiled = compile_exported(exported, package_path)
+    compiled = compile_exported(exported, package_path, weights=pipe.unet.state_dict())
     spec = pytree.tree_flatten((call.args, call.kwargs))[1]
     return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start)
 

@@ -469,7 +469,8 @@ def fuse_decision(pipe: Any, fuse: bool | None = None) -> tuple[bool, str]:
 
 def fast_fused(unet: Any) -> bool:
     """True while the fast LoRA is merged into ``unet``'s weights (PEFT's own record). The
-    AOT-compiled forward checks it: its graph carries its own copy of the quality weights."""
+    AOT-compiled forward checks it: on ZeroGPU its graph carries its own copy of the quality
+    weights, so a fused call must run eager (everywhere, to behave the same)."""
     return any(FAST_ADAPTER in m.merged_adapters for m in _fast_peft_layers(unet))
 
 

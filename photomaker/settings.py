@@ -367,9 +367,10 @@ class Settings:
             )
         if self.aot and self.memory != "full":
             raise PhotoMakerInputError(
-                f"Setting aot needs memory full, not {self.memory}: the compiled UNet keeps "
-                "its own copy of the weights on the GPU, which the offload modes would not "
-                "move, and fp8 storage is not verified with it. Unset one of them."
+                f"Setting aot needs memory full, not {self.memory}: the compiled UNet reads its "
+                "weights on the GPU where they were at compile time (on ZeroGPU, a copy of "
+                "them), which the offload modes move, and fp8 storage is not verified with it. "
+                "Unset one of them."
             )
         if self.fast_fuse == "on" and self.memory != "full":
             raise PhotoMakerInputError(

@@ -155,6 +155,34 @@ def test_fast_mode_and_uncovered_sizes_run_eager(compiled):
     pipe.unet.forward = forward  # back, for the other tests on this fixture
 
 
+@pytest.mark.slow
+def test_the_compiled_graph_runs_on_the_unets_own_weights(compiled):
+    """Off ZeroGPU the package holds no weights: it runs on the UNet's parameters themselves
+    (no second copy in memory), so an in-place change of a weight reaches it."""
+    pipe, forward, _, _ = compiled
+    call = aot.capture_unet_call(pipe, _call())
+    weight = pipe.unet.conv_in.weight
+    original = weight.detach().clone()
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            ours = forward(*call.args, **call.kwargs)[0]
+            eager = type(pipe.unet).forward(pipe.unet, *call.args, **call.kwargs)[0]
+        return ours, eager
+
+    before, _ = both()
+    try:
+        with torch.no_grad():
+            weight.mul_(3.0)
+        after, eager = both()
+        assert (after - eager).abs().max() <= TOLERANCE
+        assert (after - before).abs().max() > 100 * TOLERANCE
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert torch.equal(both()[0], before)
+
+
 def generation(service, **changes):
     request = dict(photos=[PHOTO], prompt="a photo of a man img", steps=3, num_outputs=2,
                    seed=11, randomize_seed=False)  # fmt: skip
