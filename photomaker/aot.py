@@ -6,17 +6,18 @@ CFG) and the latent height and width (every aspect-ratio preset) are ``torch.exp
 and compiled once with AOTInductor. On ZeroGPU the ``spaces`` wrappers do the capture, the
 compile and the apply (``spaces.aoti_capture`` / ``aoti_compile`` / ``aoti_apply``: the
 compiled model is pickled to the GPU worker with its weights); elsewhere
-``torch._inductor.aoti_compile_and_package`` writes a ``.pt2`` package of code only, and
-``aoti_load_package`` loads it with the UNet's own parameters as its constants (user-managed:
-no second copy of the weights, and no 5 GB of constants linked into the shared library, which
-is what made a full-size compile run for minutes).
+the same steps run here: a ``.pt2`` package of code only, test-loaded in a child process
+(a bad package can crash the loader), then loaded with the UNet's own parameters as its
+constants (user-managed: no second copy of the weights, and no 5 GB of constants linked into
+the shared library).
 
 The compiled forward serves the calls it was compiled for; anything else runs the eager UNet
 (kept unless ``spaces.aoti_apply`` drained it): a call whose argument structure differs (the
 doodle's or a ControlNet's residuals), a size outside the compiled range, and fast mode
 (its LoRA adapter is not in the graph, and on ZeroGPU a fused fast call's merged weights
-are not the graph's own copy of the weights). If export or compile fails, the pipeline stays eager
-and a warning says why (:func:`compile_unet_ahead_of_time` returns ``None``).
+are not the graph's own copy of the weights). If export, compile or the test load fails, the
+pipeline stays eager and a warning says why (:func:`compile_unet_ahead_of_time` returns
+``None``).
 
 The app turns it on with ``--aot`` (``PHOTOMAKER_AOT``; :func:`photomaker.loading.
 compile_ahead_of_time`). On ZeroGPU: :func:`compile_unet` inside a long ``@spaces.GPU`` call
@@ -30,6 +31,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -142,45 +145,100 @@ def export_unet(unet: Any, call: CapturedCall, shapes: ShapeRange) -> Any:
         )
 
 
-#: Inductor settings of the compile off ZeroGPU, as ``spaces.aoti_compile`` sets them: the
-#: weights stay out of the package (loaded from the module at load time), and no constant
-#: folding, so the graph's constants are exactly the module's parameters by name.
-WEIGHTLESS_PACKAGE = {
-    "aot_inductor.package_constants_in_so": False,
-    "always_keep_tensor_constants": True,
-    "joint_graph_constant_folding": False,
-}
+def weightless_package_configs() -> dict[str, Any]:
+    """Inductor settings of the compile off ZeroGPU, the ones ``spaces.aoti_compile`` uses:
+    the weights stay out of the shared library and out of the package (they are given at
+    load time), and no constant folding, so the graph's constants are exactly the module's
+    parameters by name. The on-disk setting tells the loader the constants come from
+    outside; without it torch 2.11's CUDA loader crashed (a segfault) on such a package."""
+    configs: dict[str, Any] = {
+        "aot_inductor.package_constants_in_so": False,
+        "aot_inductor.package": True,
+        "always_keep_tensor_constants": True,
+        "joint_graph_constant_folding": False,
+    }
+    if _torch_at_least(2, 10):
+        configs["aot_inductor.package_constants_on_disk_format"] = "pickle_weights"
+    else:
+        configs["aot_inductor.package_constants_on_disk"] = True
+    return configs
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    found = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return found >= (major, minor)
+
+
+#: How long the child process that test-loads a compiled package may take.
+LOAD_CHECK_TIMEOUT_S = 300
+
+
+def check_package_loads(package_path: str, device: str) -> None:
+    """Load the package once in a child process first: a package the loader cannot take can
+    crash the process outright (a segfault, seen on a GPU), which no ``except`` catches. So
+    the child takes that risk, and a failure here is an ordinary error (the app then stays
+    eager and says why)."""
+    script = (
+        "import sys, torch\n"
+        "if sys.argv[2].startswith('cuda'): torch.cuda.set_device(torch.device(sys.argv[2]))\n"
+        "torch._inductor.aoti_load_package(sys.argv[1]).get_constant_fqns()\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, package_path, device],
+            capture_output=True,
+            text=True,
+            timeout=LOAD_CHECK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"loading the compiled package took over {error.timeout} s") from None
+    if done.returncode != 0:
+        how = (
+            f"killed by signal {-done.returncode}"
+            if done.returncode < 0
+            else f"exit status {done.returncode}"
+        )
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"loading the compiled package failed in a test process ({how}): {last}")
 
 
 def compile_exported(
-    exported: Any, package_path: str | None = None, weights: Mapping[str, Any] | None = None
+    exported: Any,
+    package_path: str | None = None,
+    weights: Mapping[str, Any] | None = None,
+    device: str = "cpu",
 ) -> Callable[..., Any]:
     """The AOTInductor-compiled callable of an exported program: ``spaces.aoti_compile`` on
-    ZeroGPU, else ``aoti_compile_and_package`` + ``aoti_load_package`` (a ``.pt2`` file).
-
-    ``weights`` (off ZeroGPU): the module's state dict. The package is then built without
-    constants and runs on these very tensors (``user_managed``), so it costs no extra memory
-    and sees later in-place changes of the weights; without it the weights are baked into the
-    package, a copy."""
+    ZeroGPU; elsewhere the same steps here — the code compiled into a ``.pt2`` package
+    without weights, test-loaded in a child process (:func:`check_package_loads`), loaded,
+    and given ``weights`` (the module's state dict) as user-managed constants: it runs on
+    those very tensors, so it costs no extra memory and sees in-place changes of them."""
     if on_zerogpu():
         import spaces
 
         return spaces.aoti_compile(exported)
+    if weights is None:
+        raise ValueError("compile_exported needs the module's weights off ZeroGPU")
+    from torch._inductor.package.package import package_aoti
+
     if package_path is None:
         folder = tempfile.mkdtemp(prefix="photomaker-aoti-")
         package_path = os.path.join(folder, "unet.pt2")
-    configs = WEIGHTLESS_PACKAGE if weights is not None else {}
-    path = torch._inductor.aoti_compile_and_package(
-        exported, package_path=package_path, inductor_configs=dict(configs)
+    module = exported.module()
+    args, kwargs = exported.example_inputs
+    artifacts = torch._inductor.aot_compile(
+        module, args, kwargs, options=weightless_package_configs()
     )
-    loaded = torch._inductor.aoti_load_package(path)
-    if weights is not None:
-        names = loaded.get_constant_fqns()
-        missing = [name for name in names if name not in weights]
-        if missing:
-            raise RuntimeError(f"the compiled UNet wants constants it was not given: {missing[:3]}")
-        constants = {name: weights[name] for name in names}
-        loaded.load_constants(constants, check_full_update=True, user_managed=True)
+    package_aoti(package_path, [item for item in artifacts if isinstance(item, str)])
+    check_package_loads(package_path, device)
+    loaded = torch._inductor.aoti_load_package(package_path)
+    names = loaded.get_constant_fqns()
+    missing = [name for name in names if name not in weights]
+    if missing:
+        raise RuntimeError(f"the compiled UNet wants constants it was not given: {missing[:3]}")
+    loaded.load_constants(
+        {name: weights[name] for name in names}, check_full_update=True, user_managed=True
+    )
     return loaded
 
 
@@ -265,7 +323,9 @@ def compile_unet(
     start = time.perf_counter()
     call = capture_unet_call(pipe, example_call)
     exported = export_unet(pipe.unet, call, shapes)
-    compiled = compile_exported(exported, package_path, weights=pipe.unet.state_dict())
+    compiled = compile_exported(
+        exported, package_path, weights=pipe.unet.state_dict(), device=str(pipe.unet.device)
+    )
     spec = pytree.tree_flatten((call.args, call.kwargs))[1]
     return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start)
 

@@ -285,6 +285,35 @@ def test_a_failed_compile_leaves_the_pipeline_eager(tmp_path, monkeypatch, caplo
     assert np.array_equal(pipe(**_call()).images, expected)
 
 
+def test_a_package_that_crashes_its_loader_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    """The compiled package is loaded first in a child process: a loader that dies there (a
+    segfault was seen on a GPU) or refuses the file becomes an error the app turns into a
+    warning and an eager UNet."""
+    bad = tmp_path / "unet.pt2"
+    bad.write_bytes(b"not a package")
+    with pytest.raises(RuntimeError, match="failed in a test process \\(exit status 1\\)"):
+        aot.check_package_loads(str(bad), "cpu")
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setattr(aot.sys, "executable", str(crashing))
+    with pytest.raises(RuntimeError, match="killed by signal 11"):
+        aot.check_package_loads(str(bad), "cpu")
+
+
+def test_the_package_is_built_the_way_zerogpu_builds_it():
+    """Off ZeroGPU the compile uses spaces.aoti_compile's settings: no weights in the library
+    or the package, no constant folding, and the on-disk flag the loader needs."""
+    configs = aot.weightless_package_configs()
+    assert configs["aot_inductor.package_constants_in_so"] is False
+    assert configs["joint_graph_constant_folding"] is False
+    assert configs["always_keep_tensor_constants"] is True
+    assert configs["aot_inductor.package"] is True
+    # torch >= 2.10 (spaces 0.51 sets the same; older torch takes package_constants_on_disk)
+    assert configs["aot_inductor.package_constants_on_disk_format"] == "pickle_weights"
+    assert len(configs) == 5
+
+
 def test_the_dynamic_shapes_cover_batch_and_latent_sides(tmp_path):
     pipe = small_pipeline(tmp_path)
     call = aot.capture_unet_call(pipe, _call())
