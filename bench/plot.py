@@ -20,11 +20,20 @@ HERE = Path(__file__).resolve().parent
 
 
 def load(paths: list[Path]) -> list[dict]:
+    """One entry per file, labelled by device; two files of one device (two leases) are told
+    apart by their start time, and a run compiled in another mode than inductor's default
+    (e.g. reduce-overhead: CUDA graphs) says so."""
+    datas = [json.loads(Path(path).read_text()) for path in paths]
+    names = [data["device"]["name"] for data in datas]
     results = []
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        label = data["device"]["name"] + (" (dry run)" if data["settings"].get("dry_run") else "")
+    for data, name in zip(datas, names, strict=True):
+        label = name + (" (dry run)" if data["settings"].get("dry_run") else "")
+        if names.count(name) > 1:
+            label += f", {data['started'][:10]} {data['started'][11:16]} UTC"
         runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("backend") not in ("unet", "ab")]
+        modes = {r["compile_options"].get("mode") for r in runs if r.get("compile_options")}
+        if modes - {None, "default"}:
+            label += f"; compiled: {', '.join(sorted(m for m in modes if m))}"
         results.append({"label": label, "runs": runs})
     return results
 
@@ -67,6 +76,8 @@ def plot(results: list[dict], out: Path) -> Path:
                 right.barh(y, vram, height, color=colours[d % len(colours)])
                 right.text(vram, y, f" {vram:.1f}", va="center", fontsize=8)
     ticks = [i + height * (len(results) - 1) / 2 for i in range(len(names))]
+    left.set_xscale("log")  # offload modes take tens of seconds, fast mode under one
+    left.set_xlim(left=0.1)
     left.set_yticks(ticks, names)
     left.invert_yaxis()  # shared with the right panel
     for ax in (left, right):
@@ -75,8 +86,8 @@ def plot(results: list[dict], out: Path) -> Path:
     if not any(r.get("peak_allocated_gb") is not None for res in results for r in res["runs"]):
         right.text(0.5, 0.5, "no VRAM figures (CPU run)", ha="center", va="center",
                    transform=right.transAxes)  # fmt: skip
-    left.set_xlabel("seconds per image at 50 steps (// extrapolated from fewer steps;\n"
-                    ".. fast mode: its own steps)")
+    left.set_xlabel("seconds per image at 50 steps, log scale (// extrapolated from fewer "
+                    "steps;\n.. fast mode: its own steps)")
     right.set_xlabel("peak VRAM, GB (torch.cuda.max_memory_allocated)")
     left.legend(loc="lower right", fontsize=8)
     fig.suptitle("PhotoMaker V2 on SDXL, random weights: speed and memory per mode")

@@ -253,6 +253,25 @@ def test_results_are_written_and_plotted(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plot_tells_two_leases_of_one_device_and_their_compile_mode_apart(tmp_path):
+    first, second = fake_results(), fake_results()
+    second["started"] = "2026-01-02T17:40:00+00:00"
+    for run in second["runs"]:
+        if run["name"] == "full/compile/50x1":
+            run["compile_options"] = {"backend": "inductor", "mode": "reduce-overhead"}
+            run["cudagraph_skips"] = 0
+    for name, data in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps(data))
+    labels = [r["label"] for r in plot.load([tmp_path / "a.json", tmp_path / "b.json"])]
+    assert labels[0] == f"NVIDIA H100 80GB HBM3, {first['started'][:10]} {first['started'][11:16]} UTC"
+    assert labels[1] == "NVIDIA H100 80GB HBM3, 2026-01-02 17:40 UTC; compiled: reduce-overhead"
+    assert plot.load([tmp_path / "a.json"])[0]["label"] == "NVIDIA H100 80GB HBM3"
+    md = gpu.markdown(second)
+    assert "mode reduce-overhead; every graph ran as CUDA graphs." in md
+    second["runs"][2]["cudagraph_skips"] = 2
+    assert "CUDA graphs skipped for 2 graph(s) so far." in gpu.markdown(second)
+
+
 def test_results_of_two_commands_merge_into_one_file(tmp_path):
     """A lease's second command (the AOT run) joins the first one's results: runs in order,
     times added, each command's plan kept; other devices' results are refused."""
