@@ -16,8 +16,9 @@ InsightFace). Each run is one pipeline call at 1024², CFG 5, a negative prompt,
 * achieved TFLOP/s and its fraction of the device's dense bf16 peak, from ``bench/flops.py``.
 
 Runs are ``MODE/BACKEND/STEPSxIMAGES`` (``full/eager/50x1``), or ``MODE/unet/N`` for N bare UNet
-forwards at batch 2. Modes: ``full`` (everything on the GPU), ``model-offload``
-(``enable_model_cpu_offload``), ``sequential-offload`` (``enable_sequential_cpu_offload``); each
+forwards at batch 2. Modes: ``settings.MEMORY_MODES``, placed as ``photomaker.loading.place``
+places them (``full``: everything on the GPU; ``model-offload``: ``enable_model_cpu_offload``;
+``encoder-offload``: the UNet and VAE resident, the encoders group-offloaded; ...); each
 mode gets a freshly built pipeline and one short warm-up call. ``compile`` runs
 ``torch.compile`` on the UNet of another fresh pipeline (its first call's time is reported as
 the compile time), after the eager runs of full and model-offload mode. Runs with fewer than 50
@@ -58,7 +59,12 @@ if __package__ in (None, ""):
 import torch
 
 from bench import common, sdxl_configs
-from photomaker.loading import configure_offload_vae, enable_fp8_storage, enable_group_offload
+from photomaker.loading import (
+    configure_offload_vae,
+    enable_encoder_offload,
+    enable_fp8_storage,
+    enable_group_offload,
+)
 from photomaker.settings import MEMORY_MODES
 
 #: The app's --memory modes, each a pipeline placement this script can build.
@@ -83,6 +89,7 @@ DEFAULT_PLAN = (
     "full/unet/20",
     "full/eager/50x1",
     "full/fast/8x1",
+    "encoder-offload/eager/50x1",
     "fp8/eager/50x1",
     "group-offload/eager/50x1",
     "group-offload-fp8/eager/50x1",
@@ -285,6 +292,8 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
         free_memory(device)
         if mode == "model-offload":
             pipe.enable_model_cpu_offload(device=device)
+        elif mode == "encoder-offload":
+            enable_encoder_offload(pipe, device)
         elif mode in ("group-offload", "group-offload-fp8"):
             enable_group_offload(pipe, device)
         else:

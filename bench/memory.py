@@ -5,7 +5,8 @@ RSS of the tiny app and of one CLI generation.
   (``bench/sdxl_configs.py``): exact, instant, no weights.
 * The VRAM floor of a mode is what must be on the GPU at once for the weights alone:
   ``full`` holds every model; ``model-offload`` (``enable_model_cpu_offload``) holds one model
-  at a time, so its floor is the largest (the UNet); ``sequential-offload``
+  at a time, so its floor is the largest (the UNet); ``encoder-offload`` keeps the UNet and
+  the VAE and brings each encoder in whole while it runs; ``sequential-offload``
   (``enable_sequential_cpu_offload``) holds one leaf module at a time, so its floor is the
   largest single layer. Activations come on top (the UNet's at 1024², the VAE decoder's): those
   are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md and results-gpu-h100.md).
@@ -41,7 +42,7 @@ from bench import common, sdxl_configs
 ROOT = Path(__file__).resolve().parent.parent
 META = torch.device("meta")
 GB = 1e9
-MODES = ("full", "model-offload", "sequential-offload")
+MODES = ("full", "model-offload", "encoder-offload", "sequential-offload")
 
 
 def parameters(module: nn.Module) -> int:
@@ -108,6 +109,11 @@ def weights(bytes_per_parameter: int = 2) -> dict:
             "full": full,
             "full_with_lora_matrices": full + table["lora"]["gb"],
             "model-offload": max(table[n]["gb"] for n in on_gpu),
+            # the UNet and VAE stay; an encoder comes in whole while it runs (group offloading
+            # of a transformers model without top-level block lists moves it as one group)
+            "encoder-offload": table["unet"]["gb"]
+            + table["vae"]["gb"]
+            + max(table[n]["gb"] for n in on_gpu if n not in ("unet", "vae")),
             "sequential-offload": max(table[n]["largest_layer_gb"] for n in on_gpu),
         }
     return {"bytes_per_parameter": bytes_per_parameter, "components": table, "floors": floors}
@@ -275,6 +281,7 @@ def markdown(data: dict) -> str:
     what = {
         "full": "every model, all the time",
         "model-offload": "one model at a time (the largest: the UNet)",
+        "encoder-offload": "the UNet and the VAE, and while it runs the largest encoder",
         "sequential-offload": "one layer at a time (the largest: a text encoder's token embedding)",
     }
     f = w["floors"]

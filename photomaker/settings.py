@@ -38,11 +38,15 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 MEMORY_MODES = (
     "full",
     "model-offload",
+    "encoder-offload",
     "sequential-offload",
     "fp8",
     "group-offload",
     "group-offload-fp8",
 )
+#: The memory modes in which the UNet's weights stay on the GPU in the run dtype, where they
+#: are: the ahead-of-time graph and a fused fast call may rely on them.
+UNET_RESIDENT_MODES = ("full", "encoder-offload")
 #: The fast mode's default distillation LoRA (hub repo/file; see photomaker/fast.py).
 DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
 #: Values of ``fast_lora`` that hide the fast mode.
@@ -158,7 +162,10 @@ FIELDS: tuple[Field, ...] = (
         "full",
         "GPU memory mode: full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
         "(each model visits the GPU only while it runs: 5.81 GB peak at 1.8x full's time on an "
-        "H100, the fastest measured mode under 8 GB), sequential-offload (layer by layer: 0.68 "
+        "H100, the fastest measured mode under 8 GB), encoder-offload (the UNet and VAE stay on "
+        "the GPU, the text and ID encoders are group-offloaded and visit it once per call: an "
+        "estimated 6.7 GB peak at close to full speed, not yet measured on a GPU), "
+        "sequential-offload (layer by layer: 0.68 "
         "GB, about 15x slower), fp8 (full, the UNet's weights stored in float8: 8.38 GB at "
         "1.66x on an H200, and a relative error of 0.2 per UNet call on random weights), "
         "group-offload (diffusers' group offloading with CUDA streams: 5.28 GB at 3.7x, the "
@@ -186,7 +193,8 @@ FIELDS: tuple[Field, ...] = (
         "1-4 images and every aspect-ratio preset): minutes once per start, faster steps "
         "after; the way to compile on ZeroGPU, where --compile cannot run. Fast mode, the "
         "doodle, the style image and other sizes run the uncompiled UNet; a failed compile "
-        "leaves it uncompiled, with a warning. Needs --memory full; not with --compile.",
+        "leaves it uncompiled, with a warning. Needs --memory full or encoder-offload; not "
+        "with --compile.",
     ),
     Field(
         "vae_fp16_fix",
@@ -231,7 +239,8 @@ FIELDS: tuple[Field, ...] = (
         "off: the unfused adapter (no extra memory; thousands of small extra kernels per "
         "step, slow on a GPU). auto: on when the UNet is on a CUDA device with room for the "
         "clone plus 4 GiB, else off (so off on the CPU and in the offload and fp8 modes). "
-        "Quality images are the same in all three. on needs --memory full.",
+        "Quality images are the same in all three. on needs --memory full or "
+        "encoder-offload.",
         choices=FAST_FUSE_CHOICES,
     ),
     Field(
@@ -365,19 +374,20 @@ class Settings:
                 "Settings aot and compile both compile the UNet: choose one (aot also works "
                 "on ZeroGPU, compile does not)."
             )
-        if self.aot and self.memory != "full":
+        if self.aot and self.memory not in UNET_RESIDENT_MODES:
             raise PhotoMakerInputError(
-                f"Setting aot needs memory full, not {self.memory}: the compiled UNet reads its "
-                "weights on the GPU where they were at compile time (on ZeroGPU, a copy of "
-                "them), which the offload modes move, and fp8 storage is not verified with it. "
-                "Unset one of them."
+                f"Setting aot needs memory full or encoder-offload, not {self.memory}: the "
+                "compiled UNet reads its weights on the GPU where they were at compile time "
+                "(on ZeroGPU, a copy of them), which the other offload modes move, and fp8 "
+                "storage is not verified with it. Unset one of them."
             )
-        if self.fast_fuse == "on" and self.memory != "full":
+        if self.fast_fuse == "on" and self.memory not in UNET_RESIDENT_MODES:
             raise PhotoMakerInputError(
-                f"Setting fast_fuse on needs memory full, not {self.memory}: the offload modes "
-                "move the weights between CPU and GPU behind the UNet's back and fp8 stores "
-                "them in float8, so the fast LoRA cannot be merged into them for a request. "
-                "Use fast_fuse auto (it stays off there) or memory full."
+                f"Setting fast_fuse on needs memory full or encoder-offload, not {self.memory}: "
+                "the other offload modes move the UNet's weights between CPU and GPU behind "
+                "its back and fp8 stores them in float8, so the fast LoRA cannot be merged "
+                "into them for a request. Use fast_fuse auto (it stays off there) or memory "
+                "full."
             )
         if not self.max_photo_megapixels > 0:
             raise PhotoMakerInputError("Setting max_photo_megapixels must be above 0.")

@@ -1,4 +1,5 @@
-"""The 8 GB memory modes (photomaker/loading.py): fp8 weight storage and group offloading.
+"""The 8 GB memory modes (photomaker/loading.py): fp8 weight storage, group offloading and
+encoder offloading.
 
 CUDA streams need a GPU; here the configuration each mode passes to diffusers is checked, and
 what runs on a CPU runs: fp8 storage on the tiny UNet, group offloading without a stream."""
@@ -11,16 +12,19 @@ import torch
 from diffusers.hooks.group_offloading import _get_group_onload_device
 from PIL import Image
 
+from photomaker import fast
 from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import (
+    ENCODER_OFFLOAD_RESIDENT,
+    enable_encoder_offload,
     enable_fp8_storage,
     enable_group_offload,
     fp8_storage_settings,
     group_offload_settings,
     place,
 )
-from photomaker.settings import MEMORY_MODES, Settings
-from photomaker.tiny import build_tiny_pipeline
+from photomaker.settings import DEFAULT_FAST_LORA, MEMORY_MODES, Settings
+from photomaker.tiny import build_tiny_pipeline, write_tiny_fast_lora
 
 
 def _image(pipe) -> np.ndarray:
@@ -42,7 +46,7 @@ def reference(tmp_path_factory):
 
 
 def test_the_new_modes_are_settings():
-    for mode in ("fp8", "group-offload", "group-offload-fp8"):
+    for mode in ("fp8", "group-offload", "group-offload-fp8", "encoder-offload"):
         assert mode in MEMORY_MODES and Settings(memory=mode).memory == mode
     with pytest.raises(PhotoMakerInputError):
         Settings(memory="fp4")
@@ -66,6 +70,36 @@ def test_group_offload_runs_and_gives_the_same_image(reference):
         assert _get_group_onload_device(getattr(pipe, name)) == torch.device("cpu"), name
     assert pipe._execution_device == torch.device("cpu")
     assert np.array_equal(_image(pipe), expected)
+
+
+def test_encoder_offload_keeps_the_unet_and_vae_and_offloads_the_encoders(reference):
+    """The UNet (and VAE) carry no offload hook, so their weights stay where they are and the
+    fast LoRA can be merged into them; the encoders are group-offloaded; same image."""
+    folder, expected = reference
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+    enable_encoder_offload(pipe, "cpu")  # the hooks, without a stream (CPU to CPU)
+    assert set(ENCODER_OFFLOAD_RESIDENT) >= {"unet", "vae"}
+    for name in ("text_encoder", "text_encoder_2", "id_encoder"):
+        assert _get_group_onload_device(getattr(pipe, name)) == torch.device("cpu"), name
+    for name in ("unet", "vae"):
+        with pytest.raises(ValueError):  # no group-offload hook anywhere in it
+            _get_group_onload_device(getattr(pipe, name))
+    assert pipe._execution_device == torch.device("cpu")
+    assert np.array_equal(_image(pipe), expected)
+    fast.attach_fast_lora(pipe, str(write_tiny_fast_lora(folder / "fast.safetensors")),
+                          mode=fast.mode_for(DEFAULT_FAST_LORA))  # fmt: skip
+    assert fast.fuse_blocker(pipe) is None
+
+
+def test_aot_and_forced_fusing_accept_encoder_offload_and_refuse_the_moving_modes():
+    for memory in ("full", "encoder-offload"):
+        assert Settings(memory=memory, aot=True).aot
+        assert Settings(memory=memory, fast_fuse="on").fast_fuse == "on"
+    for memory in ("model-offload", "group-offload", "fp8"):
+        with pytest.raises(PhotoMakerInputError, match="full or encoder-offload"):
+            Settings(memory=memory, aot=True)
+        with pytest.raises(PhotoMakerInputError, match="full or encoder-offload"):
+            Settings(memory=memory, fast_fuse="on")
 
 
 def test_fp8_storage_stores_float8_and_computes_in_the_run_dtype(reference):
