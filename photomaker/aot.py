@@ -150,7 +150,8 @@ def weightless_package_configs() -> dict[str, Any]:
     the weights stay out of the shared library and out of the package (they are given at
     load time), and no constant folding, so the graph's constants are exactly the module's
     parameters by name. The on-disk setting tells the loader the constants come from
-    outside; without it torch 2.11's CUDA loader crashed (a segfault) on such a package."""
+    outside: a package built without it crashed torch 2.11's CUDA loader (a segfault, on an
+    H200); that this setting alone avoids the crash is not yet verified on a GPU."""
     configs: dict[str, Any] = {
         "aot_inductor.package_constants_in_so": False,
         "aot_inductor.package": True,
@@ -244,8 +245,9 @@ def compile_exported(
 
 def _fast_adapter_on(unet: Any) -> bool:
     """True in a fast call: the fast adapter enabled, or merged into the weights (a fused
-    fast call, :func:`photomaker.fast.fused_fast_weights`). The compiled graph holds its own
-    copy of the quality weights, so neither may run on it."""
+    fast call, :func:`photomaker.fast.fused_fast_weights`). The adapter is not in the graph,
+    and on ZeroGPU the graph holds its own copy of the quality weights, so neither may run on
+    it."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(
