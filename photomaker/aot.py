@@ -181,7 +181,8 @@ def check_package_loads(package_path: str, device: str) -> None:
     eager and says why)."""
     script = (
         "import sys, torch\n"
-        "if sys.argv[2].startswith('cuda'): torch.cuda.set_device(torch.device(sys.argv[2]))\n"
+        "device = torch.device(sys.argv[2])\n"
+        "if device.type == 'cuda' and device.index is not None: torch.cuda.set_device(device)\n"
         "torch._inductor.aoti_load_package(sys.argv[1]).get_constant_fqns()\n"
     )
     try:

@@ -293,6 +293,11 @@ def test_a_package_that_crashes_its_loader_is_an_error_not_a_crash(tmp_path, mon
     bad.write_bytes(b"not a package")
     with pytest.raises(RuntimeError, match="failed in a test process \\(exit status 1\\)"):
         aot.check_package_loads(str(bad), "cpu")
+    # A device without an index is taken as it is ("cuda" alone would fail set_device): the
+    # child gets as far as the load.
+    with pytest.raises(RuntimeError, match="exit status 1") as failed:
+        aot.check_package_loads(str(bad), "cuda")
+    assert "index" not in str(failed.value) and "CUDA" not in str(failed.value)
     crashing = tmp_path / "python"
     crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crashing.chmod(0o755)
