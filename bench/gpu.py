@@ -59,12 +59,7 @@ if __package__ in (None, ""):
 import torch
 
 from bench import common, sdxl_configs
-from photomaker.loading import (
-    configure_offload_vae,
-    enable_encoder_offload,
-    enable_fp8_storage,
-    enable_group_offload,
-)
+from photomaker.loading import FP8_MODES, RESIDENT_MODES, apply_offload, enable_fp8_storage
 from photomaker.settings import MEMORY_MODES
 
 #: The app's --memory modes, each a pipeline placement this script can build.
@@ -283,22 +278,14 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
     pipe.load_photomaker_adapter(state, pm_version="v2", trigger_word="img", **extra)
     del state, components
     common.ensure_lora_fused(pipe)
-    if mode in ("fp8", "group-offload-fp8"):  # as photomaker.loading.place
+    if mode in FP8_MODES:  # as photomaker.loading.place
         enable_fp8_storage(pipe.unet, dtype)
-    if mode in ("full", "fp8"):
+    if mode in RESIDENT_MODES:
         pipe.to(device)
     else:
         pipe.to("cpu")
         free_memory(device)
-        if mode == "model-offload":
-            pipe.enable_model_cpu_offload(device=device)
-        elif mode == "encoder-offload":
-            enable_encoder_offload(pipe, device)
-        elif mode in ("group-offload", "group-offload-fp8"):
-            enable_group_offload(pipe, device)
-        else:
-            pipe.enable_sequential_cpu_offload(device=device)
-        configure_offload_vae(pipe.vae)  # as the app's offload modes: 512-px tiles, sliced
+        apply_offload(pipe, mode, device)  # the app's hooks and its tiled, sliced VAE
     free_memory(device)
     return pipe
 
@@ -552,7 +539,7 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
                   fuse=spec.backend in FUSED_BACKENDS)  # fmt: skip
         result["fast_first_call_s"] = time.perf_counter() - first
         state[f"warm-{spec.backend}"] = True
-    graphs = _compiled_graphs()
+    graphs = _dynamo_counter("stats", "unique_graphs")
     reset_peak(device)
     if device.type == "cuda":  # what is resident before the call: the weights of full mode
         result["allocated_before_gb"] = torch.cuda.memory_allocated(device) / GB
@@ -561,10 +548,12 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
                   if fast_mode else timed_call(pipe, clock, kwargs))  # fmt: skip
     result.update(memory(device))
     if spec.backend in COMPILE_BACKENDS:  # > 0: the timed call recompiled
-        result["graphs_compiled_in_timed_call"] = _compiled_graphs() - graphs
+        compiled_now = _dynamo_counter("stats", "unique_graphs")
+        result["graphs_compiled_in_timed_call"] = compiled_now - graphs
         if args.compile_backend == "inductor" and args.compile_mode == "reduce-overhead":
             # > 0: some graphs ran without CUDA graphs
-            result["cudagraph_skips"] = _cudagraph_skips()
+            # (a CPU tensor, a mutated input or a dynamic shape make inductor skip them)
+            result["cudagraph_skips"] = _dynamo_counter("inductor", "cudagraph_skips")
     if spec.backend == "aot":
         result["aot_compiled_calls"] = state["aot"].compiled_calls
         result["aot_eager_calls"] = state["aot"].eager_calls
@@ -669,22 +658,13 @@ def run_ab(spec: RunSpec, args, device, dtype, clock: Clock) -> dict:
     }
 
 
-def _compiled_graphs() -> int:
+def _dynamo_counter(group: str, name: str) -> int:
+    """One of torch._dynamo's counters (``stats/unique_graphs``: graphs compiled so far;
+    ``inductor/cudagraph_skips``: graphs run without CUDA graphs so far), or -1."""
     try:
         from torch._dynamo.utils import counters
 
-        return int(counters["stats"]["unique_graphs"])
-    except Exception:
-        return -1
-
-
-def _cudagraph_skips() -> int:
-    """How many compiled graphs inductor ran without CUDA graphs so far (mode
-    ``reduce-overhead``: a CPU tensor, a mutated input or a dynamic shape make it skip)."""
-    try:
-        from torch._dynamo.utils import counters
-
-        return int(counters["inductor"]["cudagraph_skips"])
+        return int(counters[group][name])
     except Exception:
         return -1
 

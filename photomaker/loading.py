@@ -151,17 +151,30 @@ def place(pipe: Any, settings: Settings) -> Any:
     device = settings.resolved_device()
     if settings.memory in FP8_MODES:
         enable_fp8_storage(pipe.unet, settings.resolved_dtype())
-    if settings.memory in ("full", "fp8") or device == "cpu":
+    if settings.memory in RESIDENT_MODES or device == "cpu":
         pipe.to(device)
         return pipe
-    if settings.memory == "model-offload":
+    return apply_offload(pipe, settings.memory, device)
+
+
+#: The memory modes that keep every model on the device (``pipe.to``), no offload hooks.
+RESIDENT_MODES = ("full", "fp8")
+
+
+def apply_offload(pipe: Any, mode: str, device: str | torch.device) -> Any:
+    """The offload hooks of ``mode`` (any but :data:`RESIDENT_MODES`) and the offload modes'
+    VAE (:func:`configure_offload_vae`); the one dispatch that :func:`place` and
+    bench/gpu.py share, so the benchmark measures the app's modes."""
+    if mode == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
-    elif settings.memory == "encoder-offload":
+    elif mode == "encoder-offload":
         enable_encoder_offload(pipe, device)
-    elif settings.memory in GROUP_OFFLOAD_MODES:
+    elif mode in GROUP_OFFLOAD_MODES:
         enable_group_offload(pipe, device)
-    else:
+    elif mode == "sequential-offload":
         pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise ValueError(f"{mode!r} is not an offload mode")
     configure_offload_vae(pipe.vae)
     return pipe
 

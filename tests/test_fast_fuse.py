@@ -170,7 +170,8 @@ def test_a_fused_fast_step_costs_plain_sdxls_flops(pipe):
 
 def test_fused_fast_calls_never_run_the_compiled_graph(pipe):
     """On ZeroGPU the AOT graph keeps its own copy of the quality weights: a fused call
-    (weights merged) must run eager, even with the adapter flags off. A stand-in replaces the compile."""
+    (weights merged) must run eager, even with the adapter flags off. A stand-in replaces
+    the compile."""
     call = aot.capture_unet_call(pipe, _call())
     compiled_calls = []
 

@@ -16,6 +16,7 @@ from photomaker import fast
 from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import (
     ENCODER_OFFLOAD_RESIDENT,
+    apply_offload,
     enable_encoder_offload,
     enable_fp8_storage,
     enable_group_offload,
@@ -128,3 +129,5 @@ def test_place_applies_fp8_even_on_the_cpu_and_offload_falls_back_to_full(refere
     assert pipe.unet.conv_in.weight.dtype == torch.float8_e4m3fn
     with pytest.raises(ValueError):  # no group-offload hooks: on the CPU it is full mode
         _get_group_onload_device(pipe.unet)
+    with pytest.raises(ValueError, match="not an offload mode"):
+        apply_offload(pipe, "full", "cpu")
