@@ -6,7 +6,8 @@ RSS of the tiny app and of one CLI generation.
 * The VRAM floor of a mode is what must be on the GPU at once for the weights alone:
   ``full`` holds every model; ``model-offload`` (``enable_model_cpu_offload``) holds one model
   at a time, so its floor is the largest (the UNet); ``encoder-offload`` keeps the UNet and
-  the VAE and brings each encoder in whole while it runs; ``sequential-offload``
+  the VAE and brings each encoder in a layer at a time (:func:`offloaded_parameters`);
+  ``sequential-offload``
   (``enable_sequential_cpu_offload``) holds one leaf module at a time, so its floor is the
   largest single layer. Activations come on top (the UNet's at 1024², the VAE decoder's): those
   are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md and results-gpu-h100.md).
@@ -59,6 +60,19 @@ def largest_leaf(module: nn.Module) -> tuple[str, int]:
     return best
 
 
+def offloaded_parameters(module: nn.Module) -> int:
+    """Parameters of ``module`` on the GPU at once while it runs block-level group-offloaded
+    as encoder-offload does it (``loading.enable_encoder_offload``): everything outside its
+    layer lists (embeddings, norms, projections, which come in with their parent) plus two
+    of its largest layers (the one computing and the next, prefetched on the copy stream).
+    An upper bound: the parts outside the lists are counted as if all came in at once."""
+    from photomaker.loading import block_lists
+
+    lists = [module.get_submodule(path) for path in block_lists(module)]
+    layers = [parameters(layer) for block_list in lists for layer in block_list]
+    return parameters(module) - sum(layers) + 2 * max(layers, default=0)
+
+
 def components() -> dict[str, nn.Module]:
     """The real-size models on meta, by pipeline component name."""
     from peft import LoraConfig
@@ -96,6 +110,7 @@ def weights(bytes_per_parameter: int = 2) -> dict:
             "gb": parameters(module) * bytes_per_parameter / GB,
             "largest_layer": leaf,
             "largest_layer_gb": leaf_params * bytes_per_parameter / GB,
+            "offloaded_gb": offloaded_parameters(module) * bytes_per_parameter / GB,
         }
     vae = models["vae"]
     table["vae"]["decoder_gb"] = (
@@ -109,11 +124,10 @@ def weights(bytes_per_parameter: int = 2) -> dict:
             "full": full,
             "full_with_lora_matrices": full + table["lora"]["gb"],
             "model-offload": max(table[n]["gb"] for n in on_gpu),
-            # the UNet and VAE stay; an encoder comes in whole while it runs (group offloading
-            # of a transformers model without top-level block lists moves it as one group)
+            # the UNet and VAE stay; an encoder comes in a layer at a time while it runs
             "encoder-offload": table["unet"]["gb"]
             + table["vae"]["gb"]
-            + max(table[n]["gb"] for n in on_gpu if n not in ("unet", "vae")),
+            + max(table[n]["offloaded_gb"] for n in on_gpu if n not in ("unet", "vae")),
             "sequential-offload": max(table[n]["largest_layer_gb"] for n in on_gpu),
         }
     return {"bytes_per_parameter": bytes_per_parameter, "components": table, "floors": floors}
@@ -256,15 +270,18 @@ def markdown(data: dict) -> str:
         "",
         "## Parameters per component (fp16 / bf16: 2 bytes each)",
         "",
-        "| Component | Parameters | GB | Largest layer | its GB |",
-        "|---|---:|---:|---|---:|",
+        "| Component | Parameters | GB | Largest layer | its GB | on the GPU at once in "
+        "encoder-offload, GB |",
+        "|---|---:|---:|---|---:|---:|",
     ]
     for key, label in names.items():
         c = t[key]
         layer = f"`{c['largest_layer']}`" if key != "lora" else "-"
+        # encoder-offload moves only the encoders; the UNet, the VAE and the LoRA stay
+        offloaded = "-" if key in ("unet", "vae", "lora") else f"{c['offloaded_gb']:.2f}"
         lines.append(
             f"| {label} | {c['parameters'] / 1e6:,.1f} M | {c['gb']:.2f} | {layer} "
-            f"| {c['largest_layer_gb']:.3f} |"
+            f"| {c['largest_layer_gb']:.3f} | {offloaded} |"
         )
     text = t["text_encoder"]["gb"] + t["text_encoder_2"]["gb"]
     lines += [
@@ -272,6 +289,10 @@ def markdown(data: dict) -> str:
         f"Text encoders together: {text:.2f} GB. After `fuse_lora` the LoRA's A/B matrices stay in",
         f"memory ({t['lora']['gb']:.2f} GB) unless `unload_lora_weights()` drops them; fused, they",
         "are not used per step.",
+        "",
+        "The last column is what encoder-offload holds of an encoder while it runs (each comes in a",
+        "layer at a time): its parts outside the layer lists and two of its largest layers (the one",
+        "computing, the next being copied); the largest is in the encoder-offload floor below.",
         "",
         "## VRAM floor per memory mode (weights only, fp16 / bf16)",
         "",
@@ -281,7 +302,8 @@ def markdown(data: dict) -> str:
     what = {
         "full": "every model, all the time",
         "model-offload": "one model at a time (the largest: the UNet)",
-        "encoder-offload": "the UNet and the VAE, and while it runs the largest encoder",
+        "encoder-offload": "the UNet and the VAE, and while an encoder runs its parts outside "
+        "the layer lists and two layers",
         "sequential-offload": "one layer at a time (the largest: a text encoder's token embedding)",
     }
     f = w["floors"]

@@ -17,11 +17,13 @@ from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import (
     ENCODER_OFFLOAD_RESIDENT,
     apply_offload,
+    block_lists,
     enable_encoder_offload,
     enable_fp8_storage,
     enable_group_offload,
     fp8_storage_settings,
     group_offload_settings,
+    offload_block_modules,
     place,
 )
 from photomaker.settings import DEFAULT_FAST_LORA, MEMORY_MODES, Settings
@@ -29,7 +31,9 @@ from photomaker.tiny import build_tiny_pipeline, write_tiny_fast_lora
 
 
 def _image(pipe) -> np.ndarray:
+    v2 = {"id_embeds": torch.ones(1, 512)} if getattr(pipe, "pm_version", "v1") == "v2" else {}
     return pipe(
+        **v2,
         prompt="a photo of a man img",
         input_id_images=[Image.new("RGB", (64, 64), (120, 90, 60))],
         height=64,
@@ -69,6 +73,8 @@ def test_group_offload_runs_and_gives_the_same_image(reference):
     enable_group_offload(pipe, "cpu")  # the hooks, without a stream (CPU to CPU)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2", "id_encoder"):
         assert _get_group_onload_device(getattr(pipe, name)) == torch.device("cpu"), name
+    layer = pipe.text_encoder_2.get_submodule(block_lists(pipe.text_encoder_2)[0])[0]
+    assert _offload_group(layer).modules == [layer]  # the encoders by layer here too
     assert pipe._execution_device == torch.device("cpu")
     assert np.array_equal(_image(pipe), expected)
 
@@ -90,6 +96,47 @@ def test_encoder_offload_keeps_the_unet_and_vae_and_offloads_the_encoders(refere
     fast.attach_fast_lora(pipe, str(write_tiny_fast_lora(folder / "fast.safetensors")),
                           mode=fast.mode_for(DEFAULT_FAST_LORA))  # fmt: skip
     assert fast.fuse_blocker(pipe) is None
+
+
+def _offload_group(module: torch.nn.Module):
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook("group_offloading") if registry is not None else None
+    return hook.group if hook is not None else None
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_encoder_offload_brings_each_encoder_in_a_layer_at_a_time(reference, version):
+    """Each layer of every encoder's layer lists is a group of its own, so an encoder never
+    comes in whole (diffusers' block level alone stops at transformers' top-level modules and
+    would move text encoder 2's 1.39 GB as one group); same image as full mode."""
+    folder, expected = reference
+    pipe = build_tiny_pipeline(version, cache_dir=folder)
+    full = _image(pipe) if version == "v2" else expected
+    enable_encoder_offload(pipe, "cpu")
+    for name in ("text_encoder", "text_encoder_2", "id_encoder"):
+        encoder = getattr(pipe, name)
+        paths = block_lists(encoder)
+        assert paths and all(p.endswith(("layers", "token_proj")) for p in paths), paths
+        for path in paths:
+            for layer in encoder.get_submodule(path):
+                group = _offload_group(layer)
+                assert group is not None and group.modules == [layer], (name, path)
+    assert np.array_equal(_image(pipe), full)
+
+
+def test_offload_block_modules_names_the_way_down_to_the_outermost_lists():
+    from torch import nn
+
+    inner = nn.Module()
+    inner.encoder = nn.Module()
+    inner.encoder.layers = nn.ModuleList([nn.ModuleList([nn.Linear(2, 2)]) for _ in range(2)])
+    inner.norm = nn.LayerNorm(2)
+    model = nn.Module()
+    model.text_model = inner
+    model.head = nn.Sequential(nn.Linear(2, 2), nn.GELU())
+    assert block_lists(model) == ["text_model.encoder.layers", "head"]
+    # the lists inside a list are a layer's parts, not blocks; "layers" itself is grouped
+    assert offload_block_modules(model) == ["encoder", "text_model"]
 
 
 def test_aot_and_forced_fusing_accept_encoder_offload_and_refuse_the_moving_modes():
