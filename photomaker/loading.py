@@ -274,19 +274,36 @@ def group_offload_models(pipe: Any, device: str | torch.device, resident: Sequen
 
 def block_lists(module: torch.nn.Module) -> list[str]:
     """The paths of ``module``'s outermost layer lists (``ModuleList``/``Sequential`` with no
-    list above them): what block-level offloading turns into one group per layer."""
+    list above them): what block-level offloading turns into one group per layer.
+
+    A group comes in when its layer's ``forward`` runs, so only lists of layers that run by
+    themselves count: V2's perceiver keeps ``[attention, feed-forward]`` pairs in a list of
+    lists, and a pair (a ``ModuleList``, no forward of its own) would never bring its weights
+    in. A module with such a list among its children is left whole, in its parent's group."""
     found: list[str] = []
 
     def walk(parent: torch.nn.Module, prefix: str) -> None:
-        for name, child in parent.named_children():
+        children = list(parent.named_children())
+        if any(_is_list(child) and not _runs_by_layer(child) for _, child in children):
+            return
+        for name, child in children:
             path = f"{prefix}{name}"
-            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            if _is_list(child):
                 found.append(path)
             else:
                 walk(child, f"{path}.")
 
     walk(module, "")
     return found
+
+
+def _is_list(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential))
+
+
+def _runs_by_layer(layers: torch.nn.Module) -> bool:
+    """Each element has a forward of its own (is not itself a container of modules)."""
+    return not any(isinstance(layer, (torch.nn.ModuleList, torch.nn.ModuleDict)) for layer in layers)
 
 
 def offload_block_modules(module: torch.nn.Module) -> list[str]:

@@ -124,19 +124,56 @@ def test_encoder_offload_brings_each_encoder_in_a_layer_at_a_time(reference, ver
     assert np.array_equal(_image(pipe), full)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("mode", ["encoder-offload", "group-offload"])
+def test_every_offload_group_is_brought_in_when_its_model_runs(reference, monkeypatch, version,
+                                                               mode):  # fmt: skip
+    """A group comes in when its leading module's forward runs. On the CPU a group that never
+    comes in goes unnoticed (its weights are already on the CPU); on a GPU it is a device
+    error. So: every group of every offloaded model is brought in at least once per call. (A
+    list of lists, as in V2's perceiver, would be grouped by its inner lists, which never run.)"""
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    folder, _ = reference
+    pipe = build_tiny_pipeline(version, cache_dir=folder)
+    apply_offload(pipe, mode, "cpu")
+    groups = {}
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            for module_name, module in component.named_modules():
+                group = _offload_group(module)
+                if group is not None:
+                    groups[id(group)] = f"{name}.{module_name}"
+    assert len(groups) > 10
+    onloaded = set()
+    original = ModuleGroup.onload_
+
+    def record(self):
+        onloaded.add(id(self))
+        return original(self)
+
+    monkeypatch.setattr(ModuleGroup, "onload_", record)
+    _image(pipe)
+    never = sorted(groups[g] for g in groups.keys() - onloaded)
+    # the VAE's encoder is not used to make an image from text
+    assert [name for name in never if not name.startswith(("vae.encoder", "vae.quant_conv"))] == []
+
+
 def test_offload_block_modules_names_the_way_down_to_the_outermost_lists():
     from torch import nn
 
     inner = nn.Module()
     inner.encoder = nn.Module()
-    inner.encoder.layers = nn.ModuleList([nn.ModuleList([nn.Linear(2, 2)]) for _ in range(2)])
+    inner.encoder.layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
     inner.norm = nn.LayerNorm(2)
+    pairs = nn.Module()  # a list of [layer, layer] pairs: the pairs never run by themselves
+    pairs.layers = nn.ModuleList([nn.ModuleList([nn.Linear(2, 2)]) for _ in range(2)])
     model = nn.Module()
     model.text_model = inner
     model.head = nn.Sequential(nn.Linear(2, 2), nn.GELU())
+    model.resampler = pairs
     assert block_lists(model) == ["text_model.encoder.layers", "head"]
-    # the lists inside a list are a layer's parts, not blocks; "layers" itself is grouped
-    assert offload_block_modules(model) == ["encoder", "text_model"]
+    assert offload_block_modules(model) == ["encoder", "text_model"]  # resampler stays whole
 
 
 def test_aot_and_forced_fusing_accept_encoder_offload_and_refuse_the_moving_modes():
