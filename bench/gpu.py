@@ -59,11 +59,11 @@ if __package__ in (None, ""):
 import torch
 
 from bench import common, sdxl_configs
-from photomaker.loading import FP8_MODES, RESIDENT_MODES, apply_offload, enable_fp8_storage
+from photomaker.loading import RESIDENT_MODES, apply_memory_mode
 from photomaker.settings import MEMORY_MODES
 
 #: The app's --memory modes, each a pipeline placement this script can build.
-MODES = MEMORY_MODES
+MODES = tuple(mode for mode in MEMORY_MODES if mode != "auto")  # a run names a concrete mode
 #: eager / compile (torch.compile) / aot (photomaker.aot, AOTInductor) run quality mode;
 #: fast / compile-fast run fast mode (photomaker.fast: the distillation LoRA, its scheduler,
 #: steps and guidance); unet: bare UNet forwards; ab: interleaved whole calls of the
@@ -278,14 +278,10 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
     pipe.load_photomaker_adapter(state, pm_version="v2", trigger_word="img", **extra)
     del state, components
     common.ensure_lora_fused(pipe)
-    if mode in FP8_MODES:  # as photomaker.loading.place
-        enable_fp8_storage(pipe.unet, dtype)
-    if mode in RESIDENT_MODES:
-        pipe.to(device)
-    else:
+    if mode not in RESIDENT_MODES:  # drawn on the GPU: back to the CPU before the hooks
         pipe.to("cpu")
         free_memory(device)
-        apply_offload(pipe, mode, device)  # the app's hooks and its tiled, sliced VAE
+    apply_memory_mode(pipe, mode, device, dtype)  # as the app places it (its VAE settings too)
     free_memory(device)
     return pipe
 

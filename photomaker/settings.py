@@ -36,6 +36,7 @@ OFFICIAL_CHECKPOINTS = {
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 MEMORY_MODES = (
+    "auto",
     "full",
     "model-offload",
     "encoder-offload",
@@ -47,6 +48,18 @@ MEMORY_MODES = (
 #: The memory modes in which the UNet's weights stay on the GPU in the run dtype, where they
 #: are: the ahead-of-time graph and a fused fast call may rely on them.
 UNET_RESIDENT_MODES = ("full", "encoder-offload")
+#: What ``memory auto`` picks from, fastest first, each with its peak VRAM for one 1024²
+#: image in GB (1e9 bytes). Only modes that compute exactly as full does (no fp8).
+AUTO_MEMORY_PEAKS_GB = (
+    ("full", 10.96),  # measured on an H100: bench/results-gpu-h100.md
+    ("encoder-offload", 6.0),  # an estimate: model-offload's 5.81 plus the resident VAE's 0.17
+    ("model-offload", 5.81),  # measured on an H100 (1.8x full's time)
+    ("group-offload", 5.28),  # measured on an H200 (3.7x)
+    ("sequential-offload", 0.68),  # measured on an H100 (about 15x)
+)
+#: Room ``memory auto`` leaves beside a mode's peak: the CUDA context, cuBLAS's workspaces and
+#: the allocator's fragmentation (an estimate; none of them is in the measured peaks).
+AUTO_MEMORY_MARGIN_GB = 1.0
 #: The fast mode's default distillation LoRA (hub repo/file; see photomaker/fast.py).
 DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
 #: Values of ``fast_lora`` that hide the fast mode.
@@ -159,8 +172,11 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "memory",
         str,
-        "full",
-        "GPU memory mode: full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
+        "auto",
+        "GPU memory mode: auto (the fastest exact mode whose peak fits the GPU's memory with "
+        "1 GB to spare: full from 12 GB, encoder-offload from 8 GB, then model-offload, "
+        "group-offload, sequential-offload; full on the CPU and on ZeroGPU; the choice is in "
+        "the log), full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
         "(each model visits the GPU only while it runs: 5.81 GB peak at 1.8x full's time on an "
         "H100, the fastest measured mode under 8 GB), encoder-offload (the UNet and VAE stay on "
         "the GPU, the text and ID encoders visit it a layer at a time, once per call: an "
@@ -288,6 +304,18 @@ def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
     return env.get("SPACES_ZERO_GPU", "").lower() in _TRUE
 
 
+def pick_memory_mode(total_gb: float, unet_resident: bool = False) -> str:
+    """The first mode of :data:`AUTO_MEMORY_PEAKS_GB` whose peak plus
+    :data:`AUTO_MEMORY_MARGIN_GB` fits in ``total_gb``; with ``unet_resident`` only the modes
+    that keep the UNet in place (the smallest of them when none fits: it may still run)."""
+    for mode, peak in AUTO_MEMORY_PEAKS_GB:
+        if unet_resident and mode not in UNET_RESIDENT_MODES:
+            continue
+        if peak + AUTO_MEMORY_MARGIN_GB <= total_gb:
+            return mode
+    return UNET_RESIDENT_MODES[-1] if unet_resident else AUTO_MEMORY_PEAKS_GB[-1][0]
+
+
 def native_bf16() -> bool:
     """True when the CUDA GPU computes bfloat16 in hardware (compute capability 8.0+:
     Ampere and newer). ``torch.cuda.is_bf16_supported()`` also counts emulation, which makes
@@ -341,7 +369,7 @@ class Settings:
     skip_faceless_photos: bool = False
     device: str = "auto"
     dtype: str = "auto"
-    memory: str = "full"
+    memory: str = "auto"
     low_vram: bool = False
     compile: bool = False
     aot: bool = False
@@ -367,21 +395,21 @@ class Settings:
                 raise PhotoMakerInputError(
                     f"Setting {field.name}: {value!r} is not one of {', '.join(field.choices)}."
                 )
-        if self.low_vram and self.memory == "full":  # the old flag is an alias
+        if self.low_vram and self.memory in ("auto", "full"):  # the old flag is an alias
             object.__setattr__(self, "memory", "model-offload")
         if self.aot and self.compile:
             raise PhotoMakerInputError(
                 "Settings aot and compile both compile the UNet: choose one (aot also works "
                 "on ZeroGPU, compile does not)."
             )
-        if self.aot and self.memory not in UNET_RESIDENT_MODES:
+        if self.aot and self.memory not in ("auto", *UNET_RESIDENT_MODES):
             raise PhotoMakerInputError(
                 f"Setting aot needs memory full or encoder-offload, not {self.memory}: the "
                 "compiled UNet reads its weights on the GPU where they were at compile time "
                 "(on ZeroGPU, a copy of them), which the other offload modes move, and fp8 "
                 "storage is not verified with it. Unset one of them."
             )
-        if self.fast_fuse == "on" and self.memory not in UNET_RESIDENT_MODES:
+        if self.fast_fuse == "on" and self.memory not in ("auto", *UNET_RESIDENT_MODES):
             raise PhotoMakerInputError(
                 f"Setting fast_fuse on needs memory full or encoder-offload, not {self.memory}: "
                 "the other offload modes move the UNet's weights between CPU and GPU behind "
@@ -508,6 +536,19 @@ class Settings:
             return "mps"
         return "cpu"
 
+    def resolved_memory(self) -> str:
+        """The memory mode; ``auto`` picks by the GPU's memory (:func:`pick_memory_mode`),
+        among the modes that keep the UNet in place when ``aot`` or ``fast_fuse on`` needs it.
+        Off CUDA and on ZeroGPU (48 GB, and no GPU in this process to ask) it is ``full``."""
+        if self.memory != "auto":
+            return self.memory
+        if self.resolved_device() != "cuda" or on_zerogpu():
+            return "full"
+        import torch
+
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        return pick_memory_mode(total / 1e9, unet_resident=self.aot or self.fast_fuse == "on")
+
     def resolved_dtype(self):
         """The torch dtype: ``auto`` = float32 on CPU (and in tiny mode), bfloat16 where the
         GPU supports it, float16 otherwise."""
@@ -529,13 +570,18 @@ class Settings:
             return self.faces_on_cpu
         return self.tiny or on_zerogpu() or self.resolved_device() != "cuda"
 
+    def memory_description(self) -> str:
+        """``full``, or ``auto: encoder-offload`` with what auto chose."""
+        chosen = self.resolved_memory()
+        return chosen if self.memory == chosen else f"{self.memory}: {chosen}"
+
     def describe(self) -> str:
         """One line for the log."""
         base = "tiny random-weight models" if self.tiny else self.base_model
         return (
             f"PhotoMaker {self.pm_version} on {base}, device={self.resolved_device()}, "
             f"dtype={str(self.resolved_dtype()).replace('torch.', '')}"
-            + (f", memory {self.memory}" if self.memory != "full" else "")
+            + (f", memory {self.memory_description()}" if self.memory != "full" else "")
             + (", ahead-of-time compile on" if self.aot else "")
             + (
                 f", style LoRA {self.style_lora} x{self.style_lora_weight}"

@@ -176,6 +176,26 @@ def test_offload_block_modules_names_the_way_down_to_the_outermost_lists():
     assert offload_block_modules(model) == ["encoder", "text_model"]  # resampler stays whole
 
 
+def test_full_mode_decodes_one_image_at_a_time_with_the_same_images(reference):
+    """VAE slicing in the resident modes (a batch decoded at once needs about 2 GB per image):
+    the images of a two-image call are those of the batched decode."""
+    folder, _ = reference
+    pipe = build_tiny_pipeline("v1", cache_dir=folder)
+
+    def two_images():
+        return pipe(
+            prompt="a photo of a man img", input_id_images=[Image.new("RGB", (64, 64), "gray")],
+            height=64, width=64, num_inference_steps=2, num_images_per_prompt=2,
+            generator=torch.Generator().manual_seed(5), output_type="np",
+        ).images  # fmt: skip
+
+    batched = two_images()
+    assert not pipe.vae.use_slicing
+    place(pipe, Settings(tiny=True, device="cpu", memory="full"))
+    assert pipe.vae.use_slicing
+    np.testing.assert_allclose(two_images(), batched, atol=1e-6)
+
+
 def test_aot_and_forced_fusing_accept_encoder_offload_and_refuse_the_moving_modes():
     for memory in ("full", "encoder-offload"):
         assert Settings(memory=memory, aot=True).aot

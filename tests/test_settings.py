@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from photomaker.errors import PhotoMakerInputError
-from photomaker.settings import FIELDS, Settings, settings_table
+from photomaker.settings import FIELDS, Settings, pick_memory_mode, settings_table
 
 
 def test_defaults_match_the_field_table():
@@ -135,10 +136,49 @@ def test_settings_table_lists_every_setting():
 
 
 def test_memory_modes_and_the_low_vram_alias():
-    assert Settings().memory == "full"
+    assert Settings().memory == "auto"
+    assert Settings(memory="full", low_vram=True).memory == "model-offload"
     assert Settings(low_vram=True).memory == "model-offload"
     assert Settings(memory="sequential-offload", low_vram=True).memory == "sequential-offload"
     assert Settings.from_args(["--memory", "sequential-offload"], env={}).memory == "sequential-offload"
     assert Settings.from_env({"PHOTOMAKER_LOW_VRAM": "1"}).memory == "model-offload"
     with pytest.raises(PhotoMakerInputError, match="memory"):
         Settings(memory="half")
+
+
+GIB = 2**30 / 1e9  # a card's "8 GB" is 8 GiB
+
+
+@pytest.mark.parametrize(
+    ("card_gib", "mode", "resident_mode"),
+    [
+        (80, "full", "full"),
+        (24, "full", "full"),
+        (12, "full", "full"),
+        (11, "encoder-offload", "encoder-offload"),
+        (8, "encoder-offload", "encoder-offload"),
+        (6, "group-offload", "encoder-offload"),  # the UNet can't stay: resident modes try
+        (4, "sequential-offload", "encoder-offload"),
+    ],
+)
+def test_memory_auto_picks_the_fastest_exact_mode_that_fits(card_gib, mode, resident_mode):
+    assert pick_memory_mode(card_gib * GIB) == mode
+    assert pick_memory_mode(card_gib * GIB, unet_resident=True) == resident_mode
+
+
+def test_memory_auto_asks_the_gpu_only_on_cuda_and_not_on_zerogpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=8 * 2**30)
+    )
+    on_cuda = Settings(device="cuda")
+    assert on_cuda.resolved_memory() == "encoder-offload"
+    assert on_cuda.memory_description() == "auto: encoder-offload"
+    assert "memory auto: encoder-offload" in on_cuda.describe()
+    assert Settings(device="cuda", fast_fuse="on", aot=True).resolved_memory() == "encoder-offload"
+    assert Settings(device="cuda", memory="model-offload").resolved_memory() == "model-offload"
+    assert Settings(device="cpu").resolved_memory() == "full"
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert Settings(device="cuda").resolved_memory() == "full"
