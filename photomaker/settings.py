@@ -546,6 +546,8 @@ class Settings:
             return "full"
         import torch
 
+        if not torch.cuda.is_available():  # --device cuda without one: placing says so
+            return "full"
         total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         return pick_memory_mode(total / 1e9, unet_resident=self.aot or self.fast_fuse == "on")
 

@@ -169,6 +169,8 @@ def test_memory_auto_picks_the_fastest_exact_mode_that_fits(card_gib, mode, resi
 def test_memory_auto_asks_the_gpu_only_on_cuda_and_not_on_zerogpu(monkeypatch):
     import torch
 
+    assert Settings(device="cuda").resolved_memory() == "full"  # no GPU here to ask
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=8 * 2**30)

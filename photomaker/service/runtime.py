@@ -94,7 +94,8 @@ def server_error(exc: Exception, stage: str, pipe: Any = None) -> PhotoMakerServ
         logger.warning("out of memory while %s [error %s]: %s", stage, error_id, exc)
         message = (
             f"The GPU ran out of memory while {stage} (error {error_id}). Try fewer images, "
-            "a smaller size, or start the server with --memory model-offload."
+            "a smaller size, or start the server with --memory encoder-offload (--memory "
+            "model-offload needs less still)."
         )
     else:
         logger.error("unexpected error while %s [error %s]", stage, error_id, exc_info=exc)
