@@ -234,6 +234,19 @@ def fake_results() -> dict:
     }
 
 
+def test_the_next_lease_plans_in_bench_readme_parse():
+    """A typo in the plan would cost a lease: every ``--plan`` in bench/README.md parses."""
+    import re
+
+    text = (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
+    plans = re.findall(r"--plan\s+([\w/,.-]+)", " ".join(text.split()))
+    assert len(plans) >= 3
+    for plan in plans:
+        for run in plan.strip(",.").split(","):
+            if run:
+                gpu.RunSpec.parse(run)
+
+
 def test_results_are_written_and_plotted(tmp_path):
     data = fake_results()
     gpu.write(data, tmp_path)
@@ -356,11 +369,11 @@ BLOCKER = textwrap.dedent(
 
 #: One dry run serves both tests below (a run of the script is a process that imports torch,
 #: diffusers and builds the tiny models): the first test's runs and issue 16's, in the order
-#: the script runs them (its groups: full — bare UNet first, fast last — model-offload, fp8,
-#: group-offload, then the A/B run).
+#: the script runs them (its groups: full — bare UNet first, fast last — model-offload,
+#: encoder-offload, fp8, group-offload, then the A/B run).
 DRY_RUN_PLAN = (
     "full/unet/1,full/eager/2x1,full/eager/2x2,full/fast/8x1,full/fast-fused/8x1,"
-    "model-offload/eager/2x1,"
+    "model-offload/eager/2x1,encoder-offload/eager/2x1,"
     "fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
 )
 
