@@ -247,3 +247,18 @@ def test_the_setting_and_its_refusals():
     assert Settings(fast_fuse="auto", memory="group-offload").fast_fuse == "auto"
     with pytest.raises(PhotoMakerInputError, match="not one of"):
         Settings(fast_fuse="yes")
+
+
+def test_fusing_writes_the_weights_in_place(pipe):
+    """Merge, unmerge and restore write into the weights' own storage: a graph that holds
+    their addresses (CUDA graphs of a compiled UNet, the AOT graph's user-managed constants)
+    sees the merged weights during a fused call and the original ones after it."""
+
+    def addresses():
+        return {k: v.data_ptr() for k, v in pipe.unet.state_dict().items()}
+
+    before = addresses()
+    with fast.generation_mode(pipe, True, fuse=True):
+        assert fast.fast_fused(pipe.unet)
+        assert addresses() == before
+    assert addresses() == before
