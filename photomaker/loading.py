@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .errors import PhotoMakerInputError
-from .settings import Settings, on_zerogpu
+from .settings import CUDA_GRAPH_COMPILE_MODES, Settings, on_zerogpu
 
 logger = logging.getLogger(__name__)
 
@@ -356,8 +356,17 @@ def compile_unet(pipe: Any, settings: Settings) -> Any:
             "workers); unset PHOTOMAKER_COMPILE on this Space (PHOTOMAKER_AOT=1 compiles the "
             "UNet ahead of time instead)."
         )
-    logger.info("compiling the UNet (the first generation will be slow)")
-    pipe.unet.compile(fullgraph=False, dynamic=False)
+    import torch._inductor.config as inductor_config
+
+    mode = settings.compile_mode
+    logger.info("compiling the UNet, mode %s (the first generation will be slow)", mode)
+    inductor_config.conv_1x1_as_mm = True
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.unet.compile(fullgraph=False, dynamic=False, mode=None if mode == "default" else mode)
+    if mode in CUDA_GRAPH_COMPILE_MODES:
+        from .service.runtime import use_one_gpu_thread
+
+        use_one_gpu_thread(pipe)
     return pipe
 
 

@@ -60,6 +60,9 @@ AUTO_MEMORY_PEAKS_GB = (
 #: Room ``memory auto`` leaves beside a mode's peak: the CUDA context, cuBLAS's workspaces and
 #: the allocator's fragmentation (an estimate; none of them is in the measured peaks).
 AUTO_MEMORY_MARGIN_GB = 1.0
+#: torch.compile's modes; the ones with CUDA graphs run every job on one thread.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 #: The fast mode's default distillation LoRA (hub repo/file; see photomaker/fast.py).
 DEFAULT_FAST_LORA = "ByteDance/SDXL-Lightning/sdxl_lightning_8step_lora.safetensors"
 #: Values of ``fast_lora`` that hide the fast mode.
@@ -199,7 +202,19 @@ FIELDS: tuple[Field, ...] = (
         "compile",
         bool,
         False,
-        "torch.compile the UNet (slow first call, faster steps after). Not on ZeroGPU.",
+        "torch.compile the UNet (slow first call, faster steps after; channels-last and "
+        "inductor's conv_1x1_as_mm, as diffusers recommends for SDXL). Not on ZeroGPU.",
+    ),
+    Field(
+        "compile_mode",
+        str,
+        "default",
+        "torch.compile's mode for --compile. reduce-overhead adds CUDA graphs (the benchmark's "
+        "fastest: 1.78 s per 1024x1024 image and 0.35 s in fused fast mode on an H200, "
+        "bench/results-gpu-h200-second.md); each size and image count records its own graphs, "
+        "and every job then runs on one GPU thread, since PyTorch keeps CUDA graphs per thread. "
+        "max-autotune also tunes the kernels (much longer compiles).",
+        choices=COMPILE_MODES,
     ),
     Field(
         "aot",
@@ -372,6 +387,7 @@ class Settings:
     memory: str = "auto"
     low_vram: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     aot: bool = False
     vae_fp16_fix: str | None = None
     style_lora: str | None = None
@@ -401,6 +417,11 @@ class Settings:
             raise PhotoMakerInputError(
                 "Settings aot and compile both compile the UNet: choose one (aot also works "
                 "on ZeroGPU, compile does not)."
+            )
+        if self.compile_mode != "default" and not self.compile:
+            raise PhotoMakerInputError(
+                f"Setting compile_mode {self.compile_mode} is torch.compile's mode: it needs "
+                "compile on (--compile, PHOTOMAKER_COMPILE=1)."
             )
         if self.aot and self.memory not in ("auto", *UNET_RESIDENT_MODES):
             raise PhotoMakerInputError(

@@ -111,7 +111,40 @@ def test_compile_is_refused_on_zerogpu(monkeypatch):
         build_pipeline(Settings(tiny=True, compile=True))
 
 
-def test_compile_wraps_the_unet_in_place(monkeypatch):
+@pytest.fixture
+def inductor_config():
+    """torch's inductor config, with what compile_unet sets in it put back afterwards."""
+    import torch._inductor.config as config
+
+    with config.patch(conv_1x1_as_mm=False):
+        yield config
+
+
+def test_compile_wraps_the_unet_in_place(monkeypatch, inductor_config):
+    from photomaker.service import runtime
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw["mode"]))
+
+    class Pipe:
+        unet = build_tiny_components(0)["unet"]
+
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        pipe = Pipe()
+        assert compile_unet(pipe, Settings(tiny=True, compile=True, compile_mode=mode)) is pipe
+        assert runtime._GPU_THREADS.get(pipe) is None  # no CUDA graphs: jobs run where called
+    assert modes == [None, "max-autotune-no-cudagraphs"]  # None: inductor's default
+    assert inductor_config.conv_1x1_as_mm  # diffusers' SDXL settings
+    assert Pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    graphs = Pipe()
+    compile_unet(graphs, Settings(tiny=True, compile=True, compile_mode="reduce-overhead"))
+    assert modes[-1] == "reduce-overhead" and runtime._GPU_THREADS.get(graphs) is not None
+    assert compile_unet(Pipe(), Settings(tiny=True)).unet is Pipe.unet
+    assert len(modes) == 3  # compile off: not compiled
+
+
+def test_compile_really_wraps_the_unet(monkeypatch, inductor_config):
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
 
     class Pipe:
@@ -120,7 +153,6 @@ def test_compile_wraps_the_unet_in_place(monkeypatch):
     pipe = compile_unet(Pipe(), Settings(tiny=True, compile=True))
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"  # diffusers still sees a UNet
     assert pipe.unet._compiled_call_impl is not None
-    assert compile_unet(Pipe(), Settings(tiny=True)).unet is Pipe.unet
 
 
 def test_tiny_mode_fuses_the_photomaker_lora():

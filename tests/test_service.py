@@ -562,3 +562,46 @@ def test_jobs_are_small_and_survive_pickling(service):
     assert len(pickle.dumps(hit)) < 1_000_000
     again = service.run_job(pickle.loads(pickle.dumps(hit)))
     assert np.array_equal(pixels(direct.images)[0], pixels(again.images)[0])
+
+
+def test_a_pipeline_with_one_gpu_thread_runs_every_job_there(service):
+    """``use_one_gpu_thread`` (a UNet compiled with CUDA graphs, which PyTorch keeps per
+    thread): jobs from any caller thread run their steps on the pipeline's one thread, make the
+    same images as inline, take the caller's context variables along, and still cancel."""
+    import contextvars
+
+    from photomaker.service import runtime
+
+    inline = pixels(service.generate(request(seed=3)).images)
+    own = build_service(Settings(tiny=True))
+    runtime.use_one_gpu_thread(own.pipe)
+    runtime.use_one_gpu_thread(own.pipe)  # idempotent: still one thread
+    results = {}
+    with unet_calls(own.pipe) as calls:
+        jobs = [
+            _Job(name, lambda name=name: results.setdefault(name, own.generate(request(seed=3))))
+            for name in ("A", "B")
+        ]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(120)
+            assert job.error is None, job.error
+    assert len(set(calls)) == 1 and calls[0].startswith("photomaker-gpu")
+    for result in results.values():
+        assert all(np.array_equal(x, y) for x, y in zip(pixels(result.images), inline, strict=True))
+
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    assert runtime.in_gpu_thread(own.pipe, var.get) == "caller's"
+    assert runtime.in_gpu_thread(service.pipe, threading.current_thread) is threading.current_thread()
+
+    cancel = threading.Event()
+
+    def cancel_at_step_2(calls):
+        if len(calls) == 2:
+            cancel.set()
+
+    with unet_calls(own.pipe, cancel_at_step_2) as calls, pytest.raises(GenerationCancelled):
+        own.generate(request(steps=50), cancel=cancel)
+    assert len(calls) == 2

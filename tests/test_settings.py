@@ -184,3 +184,14 @@ def test_memory_auto_asks_the_gpu_only_on_cuda_and_not_on_zerogpu(monkeypatch):
     assert Settings(device="cpu").resolved_memory() == "full"
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert Settings(device="cuda").resolved_memory() == "full"
+
+
+def test_compile_mode_needs_compile():
+    assert Settings(compile=True, compile_mode="reduce-overhead").compile_mode == "reduce-overhead"
+    assert Settings.from_args(["--compile", "--compile-mode", "max-autotune"], env={}).compile_mode == (
+        "max-autotune"
+    )
+    with pytest.raises(PhotoMakerInputError, match="needs compile on"):
+        Settings(compile_mode="reduce-overhead")
+    with pytest.raises(PhotoMakerInputError, match="compile_mode"):
+        Settings(compile=True, compile_mode="fastest")

@@ -404,7 +404,7 @@ class PhotoMakerService:
         raise :class:`GenerationCancelled`. Failures are :class:`PhotoMakerServerError`."""
         with gpu_turn(self.pipe, cancel):
             _raise_if_cancelled(cancel)
-            return self._run_locked(job, cancel)
+            return runtime.in_gpu_thread(self.pipe, self._run_locked, job, cancel)
 
     def _run_locked(self, job: GenerationJob, cancel: threading.Event | None) -> JobOutput:
         pipe = self.pipe

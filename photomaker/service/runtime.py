@@ -4,18 +4,21 @@ is in the log beside the traceback).
 
 The lock is per pipeline (:func:`gpu_lock`): two services on two pipelines (two GPUs, or a
 GPU and a CPU) run side by side; two jobs never share one pipeline, whatever the caller's
-concurrency.
+concurrency. A pipeline whose UNet runs as CUDA graphs also runs its jobs on one thread of its
+own (:func:`use_one_gpu_thread`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,6 +29,8 @@ logger = logging.getLogger(__name__)
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _PLAIN_LOCKS: dict[int, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
+_GPU_THREADS: weakref.WeakKeyDictionary[Any, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+T = TypeVar("T")
 
 
 def gpu_lock(pipe: Any) -> threading.Lock:
@@ -35,6 +40,27 @@ def gpu_lock(pipe: Any) -> threading.Lock:
             return _LOCKS.setdefault(pipe, threading.Lock())
         except TypeError:  # not weakly referable (None, a plain value): one lock per object id
             return _PLAIN_LOCKS.setdefault(id(pipe), threading.Lock())
+
+
+def use_one_gpu_thread(pipe: Any) -> None:
+    """From now on run every job on ``pipe`` on one thread of its own (:func:`in_gpu_thread`).
+
+    For a UNet compiled with CUDA graphs (``--compile-mode reduce-overhead``): PyTorch keeps
+    its CUDA graph trees per thread, and the app's jobs come from a pool of worker threads, so
+    each of them would record its own graphs, in its own memory pool."""
+    with _LOCKS_GUARD:
+        if pipe not in _GPU_THREADS:
+            _GPU_THREADS[pipe] = ThreadPoolExecutor(1, thread_name_prefix="photomaker-gpu")
+
+
+def in_gpu_thread(pipe: Any, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on ``pipe``'s own thread if it has one (:func:`use_one_gpu_thread`),
+    else here; waits for it and returns or raises what it did. The caller's context variables
+    go along (Gradio's progress tracking lives in them)."""
+    executor = _GPU_THREADS.get(pipe)
+    if executor is None:
+        return work(*args)
+    return executor.submit(contextvars.copy_context().run, work, *args).result()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
