@@ -374,6 +374,9 @@ def test_stop_button_cancels_and_next_job_runs(page, files):
         field = page.locator(f"{selector} input[type=number]")
         field.fill(value)
         field.press("Enter")
+        expect(field).to_have_value(value)
+    # the server has seen the 100 steps (the hint follows the slider) before the job is sent
+    expect(page.locator("#merge-hint")).to_contain_text("of 100")
     log_before = _server["log"].read_text().count("a cancelled generation stopped")
     generate_with_enter(page)
     stop = page.locator("#stop")
