@@ -60,7 +60,7 @@ import torch
 
 from bench import common, sdxl_configs
 from photomaker.loading import RESIDENT_MODES, apply_memory_mode
-from photomaker.settings import MEMORY_MODES
+from photomaker.settings import COMPILE_MODES, MEMORY_MODES
 
 #: The app's --memory modes, each a pipeline placement this script can build.
 MODES = tuple(mode for mode in MEMORY_MODES if mode != "auto")  # a run names a concrete mode
@@ -433,22 +433,28 @@ def attention_context(args):
 
 
 def compile_unet_for_bench(pipe, args, tuned: bool) -> dict:
-    """``torch.compile`` the UNet; ``tuned``: channels-last weights and activations and
-    inductor's ``conv_1x1_as_mm`` (diffusers' documented settings for SDXL, without the
-    minutes-long max-autotune), under the chosen SDPA kernel (:func:`attention_context`)."""
+    """``torch.compile`` the UNet; ``tuned`` (inductor): the app's own ``--compile``
+    (``photomaker.loading.compile_unet``: channels-last, inductor's ``conv_1x1_as_mm``, the
+    mode of ``--compile-mode``), so the figure is the app's; the runs also use the chosen
+    SDPA kernel (:func:`attention_context`). Untuned, or another backend: a plain compile."""
+    import torch._inductor.config as inductor_config
+
+    from photomaker.loading import compile_unet
+    from photomaker.settings import Settings
+
     options = {"backend": args.compile_backend}
     if args.compile_backend == "inductor":
         options["mode"] = args.compile_mode
-        import torch._inductor.config as inductor_config
-
-        inductor_config.conv_1x1_as_mm = tuned
-    if tuned:
-        pipe.unet.to(memory_format=torch.channels_last)
+    if tuned and args.compile_backend == "inductor":
+        compile_unet(pipe, Settings(compile=True, compile_mode=args.compile_mode))
     else:
-        pipe.unet.to(memory_format=torch.contiguous_format)
-    pipe.unet.compile(**options)
+        if args.compile_backend == "inductor":
+            inductor_config.conv_1x1_as_mm = False
+        pipe.unet.to(memory_format=torch.channels_last if tuned else torch.contiguous_format)
+        pipe.unet.compile(**options)
     return {"compile_options": {**options, "channels_last": tuned, "conv_1x1_as_mm": tuned,
-                                "sdpa_backend": args.sdpa_backend_chosen if tuned else "default"}}
+                                "sdpa_backend": args.sdpa_backend_chosen if tuned else "default",
+                                "app_compile": tuned and args.compile_backend == "inductor"}}
 
 
 def attach_fast(pipe, args, device) -> dict:
@@ -1030,7 +1036,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-mode",
         default="default",
-        help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)",
+        choices=COMPILE_MODES,
+        help="torch.compile mode, as the app's --compile-mode",
     )
     parser.add_argument("--compile-backend", default=None, help="default inductor (dry run: eager)")
     parser.add_argument(
