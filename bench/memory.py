@@ -6,11 +6,11 @@ RSS of the tiny app and of one CLI generation.
 * The VRAM floor of a mode is what must be on the GPU at once for the weights alone:
   ``full`` holds every model; ``model-offload`` (``enable_model_cpu_offload``) holds one model
   at a time, so its floor is the largest (the UNet); ``encoder-offload`` keeps the UNet and
-  the VAE and brings each encoder in a layer at a time (:func:`offloaded_parameters`);
-  ``sequential-offload``
-  (``enable_sequential_cpu_offload``) holds one leaf module at a time, so its floor is the
-  largest single layer. Activations come on top (the UNet's at 1024², the VAE decoder's): those
-  are measured by ``bench/gpu.py`` (peak VRAM per mode, results-gpu.md and results-gpu-h100.md).
+  the VAE and brings each encoder in a layer at a time, ``group-offload`` every model
+  (:func:`offloaded_parameters`); ``sequential-offload`` (``enable_sequential_cpu_offload``)
+  holds one leaf module at a time, so its floor is the largest single layer. Activations come
+  on top (the UNet's at 1024², the VAE decoder's): those are measured by ``bench/gpu.py``
+  (peak VRAM per mode, results-gpu.md and results-gpu-h100.md).
 * Peak RSS: ``python app.py --tiny`` started, one request through ``gradio_client``, then the
   server's ``VmHWM`` (peak resident set, /proc); ``python -m photomaker generate --tiny`` run
   once, its ``ru_maxrss``.
@@ -43,7 +43,7 @@ from bench import common, sdxl_configs
 ROOT = Path(__file__).resolve().parent.parent
 META = torch.device("meta")
 GB = 1e9
-MODES = ("full", "model-offload", "encoder-offload", "sequential-offload")
+MODES = ("full", "model-offload", "encoder-offload", "group-offload", "sequential-offload")
 
 
 def parameters(module: nn.Module) -> int:
@@ -61,16 +61,14 @@ def largest_leaf(module: nn.Module) -> tuple[str, int]:
 
 
 def offloaded_parameters(module: nn.Module) -> int:
-    """Parameters of ``module`` on the GPU at once while it runs block-level group-offloaded
-    as encoder-offload does it (``loading.enable_encoder_offload``): everything outside its
-    layer lists (embeddings, norms, projections, which come in with their parent) plus two
-    of its largest layers (the one computing and the next, prefetched on the copy stream).
-    An upper bound: the parts outside the lists are counted as if all came in at once."""
-    from photomaker.loading import block_lists
+    """Parameters of ``module`` on the GPU at once while it runs group-offloaded as the app
+    does it (``loading.group_offload_models``): its leftover groups and its two largest layer
+    groups (``photomaker.offload_groups.largest_at_once``, an upper bound), split where the
+    app splits it (the VAE: as diffusers declares)."""
+    from photomaker.offload_groups import largest_at_once, plan_block_modules
 
-    lists = [module.get_submodule(path) for path in block_lists(module)]
-    layers = [parameters(layer) for block_list in lists for layer in block_list]
-    return parameters(module) - sum(layers) + 2 * max(layers, default=0)
+    declared = getattr(module, "_group_offload_block_modules", None)
+    return largest_at_once(module, declared or plan_block_modules(module))
 
 
 def components() -> dict[str, nn.Module]:
@@ -128,6 +126,8 @@ def weights(bytes_per_parameter: int = 2) -> dict:
             "encoder-offload": table["unet"]["gb"]
             + table["vae"]["gb"]
             + max(table[n]["offloaded_gb"] for n in on_gpu if n not in ("unet", "vae")),
+            # every model a group at a time, one model running at a time
+            "group-offload": max(table[n]["offloaded_gb"] for n in on_gpu),
             "sequential-offload": max(table[n]["largest_layer_gb"] for n in on_gpu),
         }
     return {"bytes_per_parameter": bytes_per_parameter, "components": table, "floors": floors}
@@ -270,15 +270,15 @@ def markdown(data: dict) -> str:
         "",
         "## Parameters per component (fp16 / bf16: 2 bytes each)",
         "",
-        "| Component | Parameters | GB | Largest layer | its GB | on the GPU at once in "
-        "encoder-offload, GB |",
+        "| Component | Parameters | GB | Largest layer | its GB | on the GPU at once, "
+        "group-offloaded, GB |",
         "|---|---:|---:|---|---:|---:|",
     ]
     for key, label in names.items():
         c = t[key]
         layer = f"`{c['largest_layer']}`" if key != "lora" else "-"
         # encoder-offload moves only the encoders; the UNet, the VAE and the LoRA stay
-        offloaded = "-" if key in ("unet", "vae", "lora") else f"{c['offloaded_gb']:.2f}"
+        offloaded = "-" if key == "lora" else f"{c['offloaded_gb']:.2f}"
         lines.append(
             f"| {label} | {c['parameters'] / 1e6:,.1f} M | {c['gb']:.2f} | {layer} "
             f"| {c['largest_layer_gb']:.3f} | {offloaded} |"
@@ -290,9 +290,11 @@ def markdown(data: dict) -> str:
         f"memory ({t['lora']['gb']:.2f} GB) unless `unload_lora_weights()` drops them; fused, they",
         "are not used per step.",
         "",
-        "The last column is what encoder-offload holds of an encoder while it runs (each comes in a",
-        "layer at a time): its parts outside the layer lists and two of its largest layers (the one",
-        "computing, the next being copied); the largest is in the encoder-offload floor below.",
+        "The last column is what group offloading holds of a model while it runs, as the app splits",
+        "it (`photomaker/offload_groups.py`: down to the layers): every leftover group (the parts",
+        "outside the layer lists, in while their module runs) and its two largest layer groups (the",
+        "one computing, the next being copied); an upper bound. encoder-offload offloads the",
+        "encoders so; group-offload every model.",
         "",
         "## VRAM floor per memory mode (weights only, fp16 / bf16)",
         "",
@@ -302,8 +304,8 @@ def markdown(data: dict) -> str:
     what = {
         "full": "every model, all the time",
         "model-offload": "one model at a time (the largest: the UNet)",
-        "encoder-offload": "the UNet and the VAE, and while an encoder runs its parts outside "
-        "the layer lists and two layers",
+        "encoder-offload": "the UNet and the VAE, and what an encoder holds at once while it runs",
+        "group-offload": "what the model running holds at once (one model runs at a time)",
         "sequential-offload": "one layer at a time (the largest: a text encoder's token embedding)",
     }
     f = w["floors"]

@@ -268,12 +268,15 @@ def enable_encoder_offload(pipe: Any, device: str | torch.device) -> Any:
 
 def group_offload_models(pipe: Any, device: str | torch.device, resident: Sequence[str]) -> Any:
     """diffusers' ``pipe.enable_group_offload(exclude_modules=resident)`` (the
-    :func:`group_offload_settings`) but for one argument: the encoders are transformers
-    models, whose layer lists sit two or three modules deep, and block-level offloading only
-    splits the lists it reaches through ``block_modules``; without them each encoder comes in
-    whole, as one group (text encoder 2 alone 1.39 GB). :func:`offload_block_modules` names the
-    way down. diffusers' own models (UNet, VAE, adapters) declare their blocks themselves."""
+    :func:`group_offload_settings`) but for one argument: each model is split where
+    :func:`photomaker.offload_groups.plan_block_modules` says (``block_modules``), down to its
+    layers. Left to itself, diffusers' block level splits only the top level: each transformers
+    encoder would come in whole (text encoder 2: 1.39 GB), and the UNet's largest group would
+    be its first up block (2.4 GB) beside its mid block (0.83 GB). A diffusers model that
+    declares its own blocks (the VAE) keeps them."""
     from diffusers.hooks import apply_group_offloading
+
+    from .offload_groups import plan_block_modules
 
     settings = group_offload_settings(device)
     present = [name for name in resident if name in pipe.components]
@@ -283,57 +286,13 @@ def group_offload_models(pipe: Any, device: str | torch.device, resident: Sequen
             continue
         if name in present:
             component.to(device)
-        elif hasattr(component, "enable_group_offload"):
+        elif getattr(component, "_group_offload_block_modules", None):
             component.enable_group_offload(**settings)
         else:
             apply_group_offloading(
-                component, **settings, block_modules=offload_block_modules(component)
+                component, **settings, block_modules=plan_block_modules(component)
             )
     return pipe
-
-
-def block_lists(module: torch.nn.Module) -> list[str]:
-    """The paths of ``module``'s outermost layer lists (``ModuleList``/``Sequential`` with no
-    list above them): what block-level offloading turns into one group per layer.
-
-    A group comes in when its layer's ``forward`` runs, so only lists of layers that run by
-    themselves count: V2's perceiver keeps ``[attention, feed-forward]`` pairs in a list of
-    lists, and a pair (a ``ModuleList``, no forward of its own) would never bring its weights
-    in. A module with such a list among its children is left whole, in its parent's group."""
-    found: list[str] = []
-
-    def walk(parent: torch.nn.Module, prefix: str) -> None:
-        children = list(parent.named_children())
-        if any(_is_list(child) and not _runs_by_layer(child) for _, child in children):
-            return
-        for name, child in children:
-            path = f"{prefix}{name}"
-            if _is_list(child):
-                found.append(path)
-            else:
-                walk(child, f"{path}.")
-
-    walk(module, "")
-    return found
-
-
-def _is_list(module: torch.nn.Module) -> bool:
-    return isinstance(module, (torch.nn.ModuleList, torch.nn.Sequential))
-
-
-def _runs_by_layer(layers: torch.nn.Module) -> bool:
-    """Each element has a forward of its own (is not itself a container of modules)."""
-    return not any(isinstance(layer, (torch.nn.ModuleList, torch.nn.ModuleDict)) for layer in layers)
-
-
-def offload_block_modules(module: torch.nn.Module) -> list[str]:
-    """The ``block_modules`` argument of diffusers' block-level group offloading that reaches
-    every list of :func:`block_lists`: the names of the modules on the way down (diffusers
-    matches them by name at each level, so CLIP's ``text_model.encoder.layers`` needs
-    ``text_model`` and ``encoder``). What is outside the lists (embeddings, final norms,
-    projections) comes in, level by level, while its parent runs."""
-    names = {part for path in block_lists(module) for part in path.split(".")[:-1]}
-    return sorted(names)
 
 
 def configure_offload_vae(vae: Any, tile: int = OFFLOAD_VAE_TILE) -> None:

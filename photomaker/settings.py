@@ -54,7 +54,9 @@ AUTO_MEMORY_PEAKS_GB = (
     ("full", 10.96),  # measured on an H100: bench/results-gpu-h100.md
     ("encoder-offload", 6.0),  # an estimate: model-offload's 5.81 plus the resident VAE's 0.17
     ("model-offload", 5.81),  # measured on an H100 (1.8x full's time)
-    ("group-offload", 5.28),  # measured on an H200 (3.7x)
+    # measured 5.28 on an H200 (3.7x) before its models were split by layer; now at most
+    # 0.51 GB of weights at once (bench/results-memory.md) plus about 0.5 GB of activations
+    ("group-offload", 1.5),  # an estimate
     ("sequential-offload", 0.68),  # measured on an H100 (about 15x)
 )
 #: Room ``memory auto`` leaves beside a mode's peak: the CUDA context, cuBLAS's workspaces and
@@ -178,7 +180,8 @@ FIELDS: tuple[Field, ...] = (
         "auto",
         "GPU memory mode: auto (the fastest exact mode whose peak fits the GPU's memory with "
         "1 GB to spare: full from 12 GB, encoder-offload from 8 GB, then model-offload, "
-        "group-offload, sequential-offload; full on the CPU and on ZeroGPU; the choice is in "
+        "group-offload (4 GB cards), sequential-offload; full on the CPU and on ZeroGPU; the "
+        "choice is in "
         "the log), full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
         "(each model visits the GPU only while it runs: 5.81 GB peak at 1.8x full's time on an "
         "H100, the fastest measured mode under 8 GB), encoder-offload (the UNet and VAE stay on "
@@ -187,9 +190,10 @@ FIELDS: tuple[Field, ...] = (
         "sequential-offload (layer by layer: 0.68 "
         "GB, about 15x slower), fp8 (full, the UNet's weights stored in float8: 8.38 GB at "
         "1.66x on an H200, and a relative error of 0.2 per UNet call on random weights), "
-        "group-offload (diffusers' group offloading with CUDA streams: 5.28 GB at 3.7x, the "
-        "UNet crosses PCIe every step) or group-offload-fp8 (both: 2.87 GB at 4.8x, for 4 GB "
-        "cards). Figures: bench/results-gpu-h100.md, bench/results-gpu.md.",
+        "group-offload (diffusers' group offloading with CUDA streams, every model split down "
+        "to its layers: 3.7x, the UNet crosses PCIe every step; 5.28 GB before the split, an "
+        "estimated 1-1.5 GB now) or group-offload-fp8 (both: 2.87 GB at 4.8x before the "
+        "split). Figures: bench/results-gpu-h100.md, bench/results-gpu.md.",
         choices=MEMORY_MODES,
     ),
     Field(

@@ -17,15 +17,14 @@ from photomaker.errors import PhotoMakerInputError
 from photomaker.loading import (
     ENCODER_OFFLOAD_RESIDENT,
     apply_offload,
-    block_lists,
     enable_encoder_offload,
     enable_fp8_storage,
     enable_group_offload,
     fp8_storage_settings,
     group_offload_settings,
-    offload_block_modules,
     place,
 )
+from photomaker.offload_groups import plan_block_modules, replay
 from photomaker.settings import DEFAULT_FAST_LORA, MEMORY_MODES, Settings
 from photomaker.tiny import build_tiny_pipeline, write_tiny_fast_lora
 
@@ -73,10 +72,47 @@ def test_group_offload_runs_and_gives_the_same_image(reference):
     enable_group_offload(pipe, "cpu")  # the hooks, without a stream (CPU to CPU)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2", "id_encoder"):
         assert _get_group_onload_device(getattr(pipe, name)) == torch.device("cpu"), name
-    layer = pipe.text_encoder_2.get_submodule(block_lists(pipe.text_encoder_2)[0])[0]
-    assert _offload_group(layer).modules == [layer]  # the encoders by layer here too
     assert pipe._execution_device == torch.device("cpu")
     assert np.array_equal(_image(pipe), expected)
+
+
+def _hooked_groups(model: torch.nn.Module) -> dict[int, object]:
+    groups = {}
+    for module in model.modules():
+        group = _offload_group(module)
+        if group is not None:
+            groups[id(group)] = group
+    return groups
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_group_offload_splits_every_model_as_the_replay_says(reference, version):
+    """What diffusers hooked is what photomaker.offload_groups' replay predicts (the figures
+    of bench/memory.py come from the replay): the same number of groups, each layer group
+    its own; and the UNet is split below its blocks (diffusers alone would make its first up
+    block one group and keep its mid block with the leftovers)."""
+    folder, _ = reference
+    pipe = build_tiny_pipeline(version, cache_dir=folder)
+    plans = {
+        name: getattr(model, "_group_offload_block_modules", None) or plan_block_modules(model)
+        for name, model in pipe.components.items()
+        if isinstance(model, torch.nn.Module)
+    }
+    enable_group_offload(pipe, "cpu")
+    for name, names in plans.items():
+        model = getattr(pipe, name)
+        groups, problems = replay(model, names)
+        hooked = _hooked_groups(model)
+        assert problems == [] and len(groups) == len(hooked), name
+        for group in groups:
+            if group.kind == "layer":
+                assert _offload_group(group.modules[0]).modules == group.modules, group.path
+    unet_groups, _ = replay(pipe.unet, plans["unet"])
+    paths = {g.path for g in unet_groups}
+    assert "up_blocks.0" not in paths and any(".transformer_blocks." in p for p in paths)
+    assert any(p.startswith("mid_block.") for p in paths)
+    largest = max(g.parameters for g in unet_groups)
+    assert largest < sum(p.numel() for p in pipe.unet.parameters()) / 10
 
 
 def test_encoder_offload_keeps_the_unet_and_vae_and_offloads_the_encoders(reference):
@@ -115,12 +151,13 @@ def test_encoder_offload_brings_each_encoder_in_a_layer_at_a_time(reference, ver
     enable_encoder_offload(pipe, "cpu")
     for name in ("text_encoder", "text_encoder_2", "id_encoder"):
         encoder = getattr(pipe, name)
-        paths = block_lists(encoder)
-        assert paths and all(p.endswith(("layers", "token_proj")) for p in paths), paths
-        for path in paths:
-            for layer in encoder.get_submodule(path):
-                group = _offload_group(layer)
-                assert group is not None and group.modules == [layer], (name, path)
+        stacks = [m for path, m in encoder.named_modules() if path.endswith("encoder.layers")]
+        assert len(stacks) == 1, name
+        for layer in stacks[0]:  # a group of its own, or split further (tiny layers are "big")
+            group = _offload_group(layer)
+            assert group is not None and group.onload_leader is layer, name
+            assert sum(p.numel() for p in layer.parameters()) < sum(
+                p.numel() for p in encoder.parameters()) / 2  # fmt: skip
     assert np.array_equal(_image(pipe), full)
 
 
@@ -159,12 +196,15 @@ def test_every_offload_group_is_brought_in_when_its_model_runs(reference, monkey
     assert [name for name in never if not name.startswith(("vae.encoder", "vae.quant_conv"))] == []
 
 
-def test_offload_block_modules_names_the_way_down_to_the_outermost_lists():
+def test_the_plan_names_the_way_down_splits_big_blocks_and_avoids_what_never_runs():
     from torch import nn
+
+    def linears(n: int, size: int = 2) -> nn.ModuleList:
+        return nn.ModuleList([nn.Linear(size, size) for _ in range(n)])
 
     inner = nn.Module()
     inner.encoder = nn.Module()
-    inner.encoder.layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+    inner.encoder.layers = linears(2)
     inner.norm = nn.LayerNorm(2)
     pairs = nn.Module()  # a list of [layer, layer] pairs: the pairs never run by themselves
     pairs.layers = nn.ModuleList([nn.ModuleList([nn.Linear(2, 2)]) for _ in range(2)])
@@ -172,8 +212,35 @@ def test_offload_block_modules_names_the_way_down_to_the_outermost_lists():
     model.text_model = inner
     model.head = nn.Sequential(nn.Linear(2, 2), nn.GELU())
     model.resampler = pairs
-    assert block_lists(model) == ["text_model.encoder.layers", "head"]
-    assert offload_block_modules(model) == ["encoder", "text_model"]  # resampler stays whole
+    names = plan_block_modules(model, split_fraction=1.0)  # no list element is "big"
+    assert names == ["encoder", "text_model"]  # the resampler stays whole, with the leftovers
+    groups, problems = replay(model, names)
+    assert problems == []
+    assert {g.path for g in groups if g.kind == "layer"} == {
+        "text_model.encoder.layers.0", "text_model.encoder.layers.1", "head.0", "head.1"}  # fmt: skip
+    # a list of lists walked into would lead groups with modules that never run
+    assert replay(model, ["resampler"])[1] == [
+        "resampler.layers.0: a group whose forward never runs",
+        "resampler.layers.1: a group whose forward never runs",
+    ]
+
+    blocks = nn.Module()  # one big block among small ones: every block is walked into
+    blocks.blocks = nn.ModuleList([nn.Module() for _ in range(3)])
+    for index, block in enumerate(blocks.blocks):
+        block.layers = linears(40, size=16) if index == 2 else linears(2)
+        block.forward = lambda x: x
+    assert plan_block_modules(blocks) == ["0", "1", "2", "blocks"]
+    paths = {g.path for g in replay(blocks, plan_block_modules(blocks))[0]}
+    assert "blocks.2.layers.0" in paths and "blocks.2" not in paths
+
+    collision = nn.Module()  # "encoder" is walked into everywhere, even where it should not be
+    collision.text_model = inner
+    collision.vision = nn.Module()
+    collision.vision.layers = linears(1)
+    collision.vision.encoder = linears(1)  # walked: its Linear joins leftovers led by a list
+    assert replay(collision, ["encoder", "text_model", "vision"])[1] == [
+        "vision.encoder: its leftovers would never come in"]  # fmt: skip
+    assert plan_block_modules(collision, split_fraction=1.0) == []  # so the plan is not used
 
 
 def test_full_mode_decodes_one_image_at_a_time_with_the_same_images(reference):

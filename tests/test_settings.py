@@ -158,7 +158,8 @@ GIB = 2**30 / 1e9  # a card's "8 GB" is 8 GiB
         (11, "encoder-offload", "encoder-offload"),
         (8, "encoder-offload", "encoder-offload"),
         (6, "group-offload", "encoder-offload"),  # the UNet can't stay: resident modes try
-        (4, "sequential-offload", "encoder-offload"),
+        (4, "group-offload", "encoder-offload"),
+        (2, "sequential-offload", "encoder-offload"),
     ],
 )
 def test_memory_auto_picks_the_fastest_exact_mode_that_fits(card_gib, mode, resident_mode):
