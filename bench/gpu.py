@@ -286,6 +286,24 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
     return pipe
 
 
+def offload_group_counts(pipe) -> dict[str, int]:
+    """How many group-offloading groups each model of ``pipe`` has (none: not offloaded so),
+    so a results file shows the split the run used (photomaker/offload_groups.py)."""
+    counts = {}
+    for name, model in pipe.components.items():
+        if not isinstance(model, torch.nn.Module):
+            continue
+        groups = set()
+        for module in model.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            hook = registry.get_hook("group_offloading") if registry is not None else None
+            if hook is not None:
+                groups.add(id(hook.group))
+        if groups:
+            counts[name] = len(groups)
+    return counts
+
+
 def call_kwargs(args, steps: int, images: int) -> dict:
     import numpy as np
     from PIL import Image
@@ -937,6 +955,10 @@ def markdown(data: dict) -> str:
             )
             + "."
         )
+        for m, b in builds.items():
+            if b.get("offload_groups"):
+                split = ", ".join(f"{name} {count}" for name, count in b["offload_groups"].items())
+                lines.append(f"\n{m}: group-offloading groups per model: {split}.")
     by_name = {r["name"]: r for r in data["runs"] if r["status"] == "ok"}
     lines += _ratio_lines(by_name) + _ab_lines(by_name)
     lines += ["", "## Against the targets (issue 9: H100, 1024², 50 steps, 1 image, bf16)", ""]
@@ -1185,6 +1207,10 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 pipe = build_pipeline(mode, args, device, dtype)
                 build["build_s"] = time.perf_counter() - t
+                groups = offload_group_counts(pipe)
+                if groups:
+                    build["offload_groups"] = groups
+                    log(f"  offload groups per model: {groups}")
                 log(f"  built in {build['build_s']:.1f}s; warm-up ({args.warmup_steps} steps)")
                 t = time.perf_counter()
                 timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, 1))

@@ -403,6 +403,9 @@ def test_gpu_script_dry_run_without_gradio_insightface_open_clip(dry_run):
         two["seconds"] / 2
     )
     assert two["tflop"] > 0 and "dry-run mode" in (out / "results-gpu.md").read_text()
+    split = data["builds"]["group-offload"]["offload_groups"]  # the split the run used
+    assert split["unet"] > 10 and split["text_encoder_2"] > 2
+    assert "group-offload: group-offloading groups per model: " in (out / "results-gpu.md").read_text()
     assert "blocked" not in proc.stdout + proc.stderr
     plot.plot(plot.load([out / "results-gpu.json"]), out / "gpu.png")
 
