@@ -113,6 +113,22 @@ def upload(page, paths) -> None:
     page.locator("#photo-view input[type=file]").first.set_input_files(list(paths))
 
 
+def set_number(page, selector: str, value: str) -> None:
+    """Type ``value`` into a slider's number box and leave it (Tab), until the box keeps it:
+    on a busy machine a box typed into while the page is still settling (the accordion just
+    opened, the photo previews arriving) can be put back to its old value."""
+    from playwright.sync_api import expect
+
+    field = page.locator(f"{selector} input[type=number]")
+    for _ in range(5):
+        field.fill(value)
+        field.press("Tab")
+        page.wait_for_timeout(300)
+        if field.input_value() == value:
+            break
+    expect(field).to_have_value(value)
+
+
 def generate_with_enter(page, prompt: str = PROMPT) -> None:
     box = page.locator("#prompt textarea")
     box.fill(prompt)
@@ -371,10 +387,7 @@ def test_stop_button_cancels_and_next_job_runs(page, files):
     expect(page.locator("#generate")).to_be_enabled()
     page.locator("#advanced").get_by_text("Advanced options").click()
     for selector, value in (("#steps", "100"), ("#num-outputs", "4")):
-        field = page.locator(f"{selector} input[type=number]")
-        field.fill(value)
-        field.press("Enter")
-        expect(field).to_have_value(value)
+        set_number(page, selector, value)
     # the server has seen the 100 steps (the hint follows the slider) before the job is sent
     expect(page.locator("#merge-hint")).to_contain_text("of 100")
     log_before = _server["log"].read_text().count("a cancelled generation stopped")
@@ -393,9 +406,7 @@ def test_stop_button_cancels_and_next_job_runs(page, files):
         time.sleep(0.5)
 
     for selector, value in (("#steps", "3"), ("#num-outputs", "2")):
-        field = page.locator(f"{selector} input[type=number]")
-        field.fill(value)
-        field.press("Enter")
+        set_number(page, selector, value)
     page.locator("#generate").click()
     expect(page.locator("#gallery .gallery-item img")).to_have_count(2)
     expect(page.locator("#seed-used input")).to_have_value(re.compile(r"^\d+$"))
