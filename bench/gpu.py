@@ -289,17 +289,11 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
 def offload_group_counts(pipe) -> dict[str, int]:
     """How many group-offloading groups each model of ``pipe`` has (none: not offloaded so),
     so a results file shows the split the run used (photomaker/offload_groups.py)."""
+    from photomaker.offload_groups import applied_groups
+
     counts = {}
     for name, model in pipe.components.items():
-        if not isinstance(model, torch.nn.Module):
-            continue
-        groups = set()
-        for module in model.modules():
-            registry = getattr(module, "_diffusers_hook", None)
-            hook = registry.get_hook("group_offloading") if registry is not None else None
-            if hook is not None:
-                groups.add(id(hook.group))
-        if groups:
+        if isinstance(model, torch.nn.Module) and (groups := applied_groups(model)):
             counts[name] = len(groups)
     return counts
 

@@ -65,10 +65,9 @@ def offloaded_parameters(module: nn.Module) -> int:
     does it (``loading.group_offload_models``): its leftover groups and its two largest layer
     groups (``photomaker.offload_groups.largest_at_once``, an upper bound), split where the
     app splits it (the VAE: as diffusers declares)."""
-    from photomaker.offload_groups import largest_at_once, plan_block_modules
+    from photomaker.offload_groups import block_modules_for, largest_at_once
 
-    declared = getattr(module, "_group_offload_block_modules", None)
-    return largest_at_once(module, declared or plan_block_modules(module))
+    return largest_at_once(module, block_modules_for(module))
 
 
 def components() -> dict[str, nn.Module]:

@@ -273,10 +273,10 @@ def group_offload_models(pipe: Any, device: str | torch.device, resident: Sequen
     layers. Left to itself, diffusers' block level splits only the top level: each transformers
     encoder would come in whole (text encoder 2: 1.39 GB), and the UNet's largest group would
     be its first up block (2.4 GB) beside its mid block (0.83 GB). A diffusers model that
-    declares its own blocks (the VAE) keeps them."""
+    declares its own blocks (the VAE) keeps them (:func:`~.offload_groups.block_modules_for`)."""
     from diffusers.hooks import apply_group_offloading
 
-    from .offload_groups import plan_block_modules
+    from .offload_groups import block_modules_for
 
     settings = group_offload_settings(device)
     present = [name for name in resident if name in pipe.components]
@@ -286,11 +286,9 @@ def group_offload_models(pipe: Any, device: str | torch.device, resident: Sequen
             continue
         if name in present:
             component.to(device)
-        elif getattr(component, "_group_offload_block_modules", None):
-            component.enable_group_offload(**settings)
         else:
             apply_group_offloading(
-                component, **settings, block_modules=plan_block_modules(component)
+                component, **settings, block_modules=block_modules_for(component)
             )
     return pipe
 

@@ -17,12 +17,14 @@ then their transformer stacks). :func:`replay` walks a model as diffusers will w
 names and returns the groups it makes, with what would go wrong: a group led by a module
 whose ``forward`` never runs (a list of lists, as V2's perceiver keeps its
 ``[attention, feed-forward]`` pairs: on a GPU a device error, on the CPU silent). A plan
-with a problem is not used. bench/memory.py and the tests read the same replay.
+with a problem is not used. bench/memory.py and the tests read the same replay;
+:func:`applied_groups` reads back what diffusers actually hooked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -131,6 +133,29 @@ def plan_block_modules(module: nn.Module, split_fraction: float = SPLIT_FRACTION
         if not replay(module, names)[1]:
             return sorted(names)
     return []
+
+
+def block_modules_for(model: nn.Module) -> list[str]:
+    """The ``block_modules`` the app offloads ``model`` with: the blocks a diffusers model
+    declares itself (the VAE), else :func:`plan_block_modules`'s."""
+    return list(getattr(model, "_group_offload_block_modules", None) or plan_block_modules(model))
+
+
+def applied_group(module: nn.Module) -> Any | None:
+    """The diffusers ``ModuleGroup`` whose hook sits on ``module``, if any."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hook = registry.get_hook("group_offloading") if registry is not None else None
+    return hook.group if hook is not None else None
+
+
+def applied_groups(model: nn.Module) -> list[Any]:
+    """Every group diffusers hooked into ``model`` (each once)."""
+    groups = {}
+    for module in model.modules():
+        group = applied_group(module)
+        if group is not None:
+            groups[id(group)] = group
+    return list(groups.values())
 
 
 def largest_at_once(module: nn.Module, block_modules: set[str] | list[str]) -> int:

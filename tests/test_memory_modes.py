@@ -24,7 +24,13 @@ from photomaker.loading import (
     group_offload_settings,
     place,
 )
-from photomaker.offload_groups import plan_block_modules, replay
+from photomaker.offload_groups import (
+    applied_group,
+    applied_groups,
+    block_modules_for,
+    plan_block_modules,
+    replay,
+)
 from photomaker.settings import DEFAULT_FAST_LORA, MEMORY_MODES, Settings
 from photomaker.tiny import build_tiny_pipeline, write_tiny_fast_lora
 
@@ -76,15 +82,6 @@ def test_group_offload_runs_and_gives_the_same_image(reference):
     assert np.array_equal(_image(pipe), expected)
 
 
-def _hooked_groups(model: torch.nn.Module) -> dict[int, object]:
-    groups = {}
-    for module in model.modules():
-        group = _offload_group(module)
-        if group is not None:
-            groups[id(group)] = group
-    return groups
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_group_offload_splits_every_model_as_the_replay_says(reference, version):
     """What diffusers hooked is what photomaker.offload_groups' replay predicts (the figures
@@ -94,7 +91,7 @@ def test_group_offload_splits_every_model_as_the_replay_says(reference, version)
     folder, _ = reference
     pipe = build_tiny_pipeline(version, cache_dir=folder)
     plans = {
-        name: getattr(model, "_group_offload_block_modules", None) or plan_block_modules(model)
+        name: block_modules_for(model)
         for name, model in pipe.components.items()
         if isinstance(model, torch.nn.Module)
     }
@@ -102,11 +99,11 @@ def test_group_offload_splits_every_model_as_the_replay_says(reference, version)
     for name, names in plans.items():
         model = getattr(pipe, name)
         groups, problems = replay(model, names)
-        hooked = _hooked_groups(model)
+        hooked = applied_groups(model)
         assert problems == [] and len(groups) == len(hooked), name
         for group in groups:
             if group.kind == "layer":
-                assert _offload_group(group.modules[0]).modules == group.modules, group.path
+                assert applied_group(group.modules[0]).modules == group.modules, group.path
     unet_groups, _ = replay(pipe.unet, plans["unet"])
     paths = {g.path for g in unet_groups}
     assert "up_blocks.0" not in paths and any(".transformer_blocks." in p for p in paths)
@@ -134,12 +131,6 @@ def test_encoder_offload_keeps_the_unet_and_vae_and_offloads_the_encoders(refere
     assert fast.fuse_blocker(pipe) is None
 
 
-def _offload_group(module: torch.nn.Module):
-    registry = getattr(module, "_diffusers_hook", None)
-    hook = registry.get_hook("group_offloading") if registry is not None else None
-    return hook.group if hook is not None else None
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_encoder_offload_brings_each_encoder_in_a_layer_at_a_time(reference, version):
     """Each layer of every encoder's layer lists is a group of its own, so an encoder never
@@ -154,7 +145,7 @@ def test_encoder_offload_brings_each_encoder_in_a_layer_at_a_time(reference, ver
         stacks = [m for path, m in encoder.named_modules() if path.endswith("encoder.layers")]
         assert len(stacks) == 1, name
         for layer in stacks[0]:  # a group of its own, or split further (tiny layers are "big")
-            group = _offload_group(layer)
+            group = applied_group(layer)
             assert group is not None and group.onload_leader is layer, name
             assert sum(p.numel() for p in layer.parameters()) < sum(
                 p.numel() for p in encoder.parameters()) / 2  # fmt: skip
@@ -178,7 +169,7 @@ def test_every_offload_group_is_brought_in_when_its_model_runs(reference, monkey
     for name, component in pipe.components.items():
         if isinstance(component, torch.nn.Module):
             for module_name, module in component.named_modules():
-                group = _offload_group(module)
+                group = applied_group(module)
                 if group is not None:
                     groups[id(group)] = f"{name}.{module_name}"
     assert len(groups) > 10
