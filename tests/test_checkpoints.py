@@ -131,6 +131,22 @@ def test_top_level_entries_are_checked(tmp_path):
         read_checkpoint(flat)
 
 
+def test_bin_files_are_memory_mapped_and_old_format_ones_still_read(tmp_path):
+    """torch.save's zip format (the released files) is memory-mapped, not read whole; a file
+    in torch's pre-1.6 format cannot be mapped and is read as before."""
+    state = {"id_encoder": {"w": torch.arange(6.0)}, "lora_weights": {"b": torch.ones(2)}}
+    mapped, legacy = tmp_path / "zip.bin", tmp_path / "legacy.bin"
+    torch.save(state, mapped)
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    from_zip = read_checkpoint(mapped)
+    assert str(mapped) in Path("/proc/self/maps").read_text()  # mapped while its tensors live
+    from_legacy = read_checkpoint(legacy)
+    for loaded in (from_zip, from_legacy):
+        torch.testing.assert_close(loaded["id_encoder"]["w"], state["id_encoder"]["w"])
+        torch.testing.assert_close(loaded["lora_weights"]["b"], state["lora_weights"]["b"])
+    assert str(legacy) not in Path("/proc/self/maps").read_text()
+
+
 class _Payload:
     def __init__(self, marker: Path):
         self.marker = marker
