@@ -131,7 +131,7 @@ GROUP_OFFLOAD_MODES = ("group-offload", "group-offload-fp8")
 
 def place(pipe: Any, settings: Settings) -> Any:
     """Put the pipeline on its device in the chosen memory mode (``auto``: the one
-    :meth:`Settings.resolved_memory` picks for this GPU's memory).
+    :meth:`Settings.resolved_memory` picks for this GPU's free memory).
 
     * ``full``: every model on the GPU.
     * ``model-offload``: each model visits the GPU while it runs (diffusers'
@@ -153,7 +153,8 @@ def place(pipe: Any, settings: Settings) -> Any:
     device = settings.resolved_device()
     mode = settings.resolved_memory()
     if settings.memory == "auto":
-        logger.info("memory auto: %s", mode)
+        note = settings.gpu_memory_note()
+        logger.info("memory auto: %s%s", mode, f" ({note})" if note else "")
     if device == "cpu" and mode not in RESIDENT_MODES:
         mode = "fp8" if mode in FP8_MODES else "full"
     return apply_memory_mode(pipe, mode, device, settings.resolved_dtype())

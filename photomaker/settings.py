@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ AUTO_MEMORY_PEAKS_GB = (
     ("group-offload", 1.5),  # an estimate
     ("sequential-offload", 0.68),  # measured on an H100 (about 15x)
 )
-#: Room ``memory auto`` leaves beside a mode's peak: the CUDA context, cuBLAS's workspaces and
-#: the allocator's fragmentation (an estimate; none of them is in the measured peaks).
+#: Room ``memory auto`` leaves beside a mode's peak in the GPU's free memory: cuBLAS's
+#: workspaces, the allocator's fragmentation and other programs growing (an estimate; none
+#: of them is in the measured peaks). The CUDA context is already out of the free memory.
 AUTO_MEMORY_MARGIN_GB = 1.0
 #: torch.compile's modes; the ones with CUDA graphs run every job on one thread.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -178,11 +180,11 @@ FIELDS: tuple[Field, ...] = (
         "memory",
         str,
         "auto",
-        "GPU memory mode: auto (the fastest exact mode whose peak fits the GPU's memory with "
-        "1 GB to spare: full from 12 GB, encoder-offload from 8 GB, then model-offload, "
-        "group-offload (4 GB cards), sequential-offload; full on the CPU and on ZeroGPU; the "
-        "choice is in "
-        "the log), full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
+        "GPU memory mode: auto (the fastest exact mode whose peak fits the GPU's free memory "
+        "at start-up with 1 GB to spare: full from 12 GB free, encoder-offload from 7 GB "
+        "(8-12 GB cards), then model-offload, group-offload (4-6 GB cards), "
+        "sequential-offload; full on the CPU and on ZeroGPU; the choice and the free memory "
+        "are in the log), full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
         "(each model visits the GPU only while it runs: 5.81 GB peak at 1.8x full's time on an "
         "H100, the fastest measured mode under 8 GB), encoder-offload (the UNet and VAE stay on "
         "the GPU, the text and ID encoders visit it a layer at a time, once per call: an "
@@ -323,14 +325,25 @@ def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
     return env.get("SPACES_ZERO_GPU", "").lower() in _TRUE
 
 
-def pick_memory_mode(total_gb: float, unet_resident: bool = False) -> str:
+@functools.cache
+def gpu_memory_at_start(index: int) -> tuple[int, int]:
+    """``(free, total)`` bytes of CUDA GPU ``index`` the first time this process asks, before
+    it loads anything there; later calls give the same answer, so the log and the placement
+    agree. Free, not total: on a home machine the desktop and the browser hold part of the
+    card (often 0.5-1.5 GB of an 8 GB one), and this process's CUDA context is already out."""
+    import torch
+
+    return torch.cuda.mem_get_info(index)
+
+
+def pick_memory_mode(free_gb: float, unet_resident: bool = False) -> str:
     """The first mode of :data:`AUTO_MEMORY_PEAKS_GB` whose peak plus
-    :data:`AUTO_MEMORY_MARGIN_GB` fits in ``total_gb``; with ``unet_resident`` only the modes
+    :data:`AUTO_MEMORY_MARGIN_GB` fits in ``free_gb``; with ``unet_resident`` only the modes
     that keep the UNet in place (the smallest of them when none fits: it may still run)."""
     for mode, peak in AUTO_MEMORY_PEAKS_GB:
         if unet_resident and mode not in UNET_RESIDENT_MODES:
             continue
-        if peak + AUTO_MEMORY_MARGIN_GB <= total_gb:
+        if peak + AUTO_MEMORY_MARGIN_GB <= free_gb:
             return mode
     return UNET_RESIDENT_MODES[-1] if unet_resident else AUTO_MEMORY_PEAKS_GB[-1][0]
 
@@ -562,7 +575,8 @@ class Settings:
         return "cpu"
 
     def resolved_memory(self) -> str:
-        """The memory mode; ``auto`` picks by the GPU's memory (:func:`pick_memory_mode`),
+        """The memory mode; ``auto`` picks by the GPU's free memory when it is first asked
+        (:func:`gpu_memory_at_start`, :func:`pick_memory_mode`),
         among the modes that keep the UNet in place when ``aot`` or ``fast_fuse on`` needs it.
         Off CUDA and on ZeroGPU (48 GB, and no GPU in this process to ask) it is ``full``."""
         if self.memory != "auto":
@@ -573,8 +587,8 @@ class Settings:
 
         if not torch.cuda.is_available():  # --device cuda without one: placing says so
             return "full"
-        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-        return pick_memory_mode(total / 1e9, unet_resident=self.aot or self.fast_fuse == "on")
+        free, _ = gpu_memory_at_start(torch.cuda.current_device())
+        return pick_memory_mode(free / 1e9, unet_resident=self.aot or self.fast_fuse == "on")
 
     def resolved_dtype(self):
         """The torch dtype: ``auto`` = float32 on CPU (and in tiny mode), bfloat16 where the
@@ -596,6 +610,18 @@ class Settings:
         if self.faces_on_cpu is not None:
             return self.faces_on_cpu
         return self.tiny or on_zerogpu() or self.resolved_device() != "cuda"
+
+    def gpu_memory_note(self) -> str:
+        """What ``memory auto`` saw, for the log: ``"7.6 of 8.6 GB free at start-up"``, or
+        ``""`` where it asked no GPU (another mode chosen, the CPU, ZeroGPU)."""
+        if self.memory != "auto" or self.resolved_device() != "cuda" or on_zerogpu():
+            return ""
+        import torch
+
+        if not torch.cuda.is_available():
+            return ""
+        free, total = gpu_memory_at_start(torch.cuda.current_device())
+        return f"{free / 1e9:.1f} of {total / 1e9:.1f} GB free at start-up"
 
     def memory_description(self) -> str:
         """``full``, or ``auto: encoder-offload`` with what auto chose."""

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from photomaker.errors import PhotoMakerInputError
-from photomaker.settings import FIELDS, Settings, pick_memory_mode, settings_table
+from photomaker.settings import (
+    FIELDS,
+    Settings,
+    gpu_memory_at_start,
+    pick_memory_mode,
+    settings_table,
+)
 
 
 def test_defaults_match_the_field_table():
@@ -150,7 +155,7 @@ GIB = 2**30 / 1e9  # a card's "8 GB" is 8 GiB
 
 
 @pytest.mark.parametrize(
-    ("card_gib", "mode", "resident_mode"),
+    ("free_gib", "mode", "resident_mode"),
     [
         (80, "full", "full"),
         (24, "full", "full"),
@@ -162,23 +167,39 @@ GIB = 2**30 / 1e9  # a card's "8 GB" is 8 GiB
         (2, "sequential-offload", "encoder-offload"),
     ],
 )
-def test_memory_auto_picks_the_fastest_exact_mode_that_fits(card_gib, mode, resident_mode):
-    assert pick_memory_mode(card_gib * GIB) == mode
-    assert pick_memory_mode(card_gib * GIB, unet_resident=True) == resident_mode
+def test_memory_auto_picks_the_fastest_exact_mode_that_fits(free_gib, mode, resident_mode):
+    assert pick_memory_mode(free_gib * GIB) == mode
+    assert pick_memory_mode(free_gib * GIB, unet_resident=True) == resident_mode
 
 
-def test_memory_auto_asks_the_gpu_only_on_cuda_and_not_on_zerogpu(monkeypatch):
+def test_memory_auto_asks_the_gpu_only_on_cuda_and_not_on_zerogpu(monkeypatch, request):
     import torch
+
+    request.addfinalizer(gpu_memory_at_start.cache_clear)  # no fake answer outlives the test
 
     assert Settings(device="cuda").resolved_memory() == "full"  # no GPU here to ask
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(
-        torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=8 * 2**30)
-    )
+    free = {"bytes": 8 * 2**30 - 400 * 2**20}  # an 8 GB card less this process's context
+    asked = []
+
+    def mem_get_info(index):
+        asked.append(index)
+        return free["bytes"], 8 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    gpu_memory_at_start.cache_clear()
     on_cuda = Settings(device="cuda")
     assert on_cuda.resolved_memory() == "encoder-offload"
     assert on_cuda.memory_description() == "auto: encoder-offload"
+    assert on_cuda.gpu_memory_note() == "8.2 of 8.6 GB free at start-up"
+    free["bytes"] = 2 * 2**30  # the pipeline now on the GPU: asked once, the answer stays
+    assert on_cuda.resolved_memory() == "encoder-offload" and asked == [0]
+    # Free, not total: a 12 GB card whose desktop holds 1.2 GB has not full's 12 GB to spare.
+    gpu_memory_at_start.cache_clear()
+    free["bytes"] = int(11.2e9)
+    assert Settings(device="cuda").resolved_memory() == "encoder-offload"
+    assert Settings(device="cuda", memory="full").gpu_memory_note() == ""
     assert "memory auto: encoder-offload" in on_cuda.describe()
     assert Settings(device="cuda", fast_fuse="on", aot=True).resolved_memory() == "encoder-offload"
     assert Settings(device="cuda", memory="model-offload").resolved_memory() == "model-offload"
