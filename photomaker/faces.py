@@ -296,6 +296,9 @@ class FaceAnalyzer:
             )
         from insightface.app import FaceAnalysis
 
+        from .library_notices import quiet_library_notices
+
+        quiet_library_notices()
         started = time.perf_counter()
         try:
             self.app = FaceAnalysis(

@@ -57,6 +57,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import PhotoMakerInputError
+from .library_notices import without_text_encoder_lora_notice
 from .settings import DEFAULT_FAST_LORA, FAST_FUSE_CHOICES
 
 logger = logging.getLogger(__name__)
@@ -308,7 +309,8 @@ def attach_fast_lora(
     state = dict(state_dict) if state_dict is not None else read_lora(location)
     bake_fused_adapters(pipe)
     logger.info("loading the fast-mode LoRA %s (%s)", location, mode.name)
-    pipe.load_lora_weights(state, adapter_name=FAST_ADAPTER)
+    with without_text_encoder_lora_notice():  # distillation LoRAs train the UNet only
+        pipe.load_lora_weights(state, adapter_name=FAST_ADAPTER)
     layers = [m for m in _peft_layers(pipe.unet) if FAST_ADAPTER in m.lora_A]
     if not layers:
         raise PhotoMakerInputError(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .errors import PhotoMakerInputError
+from .library_notices import quiet_library_notices, without_transformers_progress_bars
 from .settings import CUDA_GRAPH_COMPILE_MODES, Settings, on_zerogpu
 
 logger = logging.getLogger(__name__)
@@ -164,9 +165,7 @@ def place(pipe: Any, settings: Settings) -> Any:
 RESIDENT_MODES = ("full", "fp8")
 
 
-def apply_memory_mode(
-    pipe: Any, mode: str, device: str | torch.device, dtype: torch.dtype
-) -> Any:
+def apply_memory_mode(pipe: Any, mode: str, device: str | torch.device, dtype: torch.dtype) -> Any:
     """Put ``pipe`` on ``device`` in ``mode`` (a concrete one, not ``auto``): fp8 storage where
     the mode has it, then every model on the device (:data:`RESIDENT_MODES`) or the offload
     hooks (:func:`apply_offload`). The one placement that :func:`place` and bench/gpu.py share.
@@ -551,7 +550,8 @@ def load_style_adapter(pipe: Any, settings: Settings) -> Any | None:
     if location is None:
         return None
     if settings.tiny:
-        return style_image.attach_style_adapter(pipe, str(tiny_style_adapter_file(settings)))
+        with without_transformers_progress_bars():
+            return style_image.attach_style_adapter(pipe, str(tiny_style_adapter_file(settings)))
     if settings.style_adapter_required:
         try:
             return style_image.attach_style_adapter(pipe, location)
@@ -603,6 +603,7 @@ def add_structure_control(pipe: Any, settings: Settings) -> Any:
 
 def build_pipeline(settings: Settings) -> Any:
     """The ready pipeline for these settings."""
+    quiet_library_notices()  # before diffusers' pipelines import (photomaker/library_notices.py)
     if settings.tiny:
         from .tiny import build_tiny_pipeline
 

@@ -39,9 +39,16 @@ logger = logging.getLogger("photomaker.app")
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
+def configure_logging() -> None:
+    """Our INFO lines in the log; httpx's per-request INFO lines (Gradio's own start-up
+    checks of its server) only from WARNING up."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "app.py") -> int:
     """Build the app from flags and ``PHOTOMAKER_*`` variables and launch it."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     try:
         settings = Settings.from_args(argv, parser=build_parser(prog=prog))
         app = create_app(settings)
@@ -59,5 +66,5 @@ def main(argv: Sequence[str] | None = None, prog: str = "app.py") -> int:
 
 def demo_from_env() -> gr.Blocks:
     """The app built from ``PHOTOMAKER_*`` variables alone (Spaces, ``gradio app.py``)."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     return create_app(Settings.from_env())
