@@ -19,6 +19,11 @@ are not the graph's own copy of the weights). If export, compile or the test loa
 pipeline stays eager and a warning says why (:func:`compile_unet_ahead_of_time` returns
 ``None``).
 
+Off ZeroGPU a compiled package is kept in a cache folder (``--aot-cache``, by default in
+the Hugging Face cache folder), under a key that hashes everything its code depends on
+(:func:`package_key`): the next start with the same torch, GPU, models and settings loads it
+in seconds instead of exporting and compiling for minutes (:class:`PackageCache`).
+
 The app turns it on with ``--aot`` (``PHOTOMAKER_AOT``; :func:`photomaker.loading.
 compile_ahead_of_time`). On ZeroGPU: :func:`compile_unet` inside a long ``@spaces.GPU`` call
 at start-up, its result returned to the main process and :func:`apply_compiled` there (what a
@@ -28,15 +33,22 @@ Elsewhere: :func:`compile_unet_ahead_of_time`.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -232,6 +244,13 @@ def compile_exported(
         module, args, kwargs, options=weightless_package_configs()
     )
     package_aoti(package_path, [item for item in artifacts if isinstance(item, str)])
+    return load_package(package_path, weights, device)
+
+
+def load_package(package_path: str, weights: Mapping[str, Any], device: str) -> Any:
+    """A weightless ``.pt2`` package, test-loaded in a child process
+    (:func:`check_package_loads`), loaded, and given ``weights`` as its user-managed
+    constants (every constant it names must be there)."""
     check_package_loads(package_path, device)
     loaded = torch._inductor.aoti_load_package(package_path)
     names = loaded.get_constant_fqns()
@@ -242,6 +261,128 @@ def compile_exported(
         {name: weights[name] for name in names}, check_full_update=True, user_managed=True
     )
     return loaded
+
+
+#: Raise when this module changes what a package holds in a way :func:`package_key` cannot
+#: see (how the UNet is exported or compiled): old cached packages then stop matching.
+PACKAGE_FORMAT = 1
+#: How many compiled UNets the cache keeps (the newest): one per torch, GPU, dtype, model
+#: and shape range used lately. Each is code only (the weights are the UNet's own).
+CACHE_ENTRIES = 4
+
+
+def _device_identity(device: str) -> str:
+    """What the compiled code is specific to: the GPU model and compute capability, or the
+    CPU architecture and the vector instruction set Inductor picked."""
+    if torch.device(device).type == "cuda":
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        major, minor = torch.cuda.get_device_capability(index)
+        return f"cuda {torch.cuda.get_device_name(index)} sm{major}{minor}"
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return f"{torch.device(device).type} {platform.machine()} {pick_vec_isa()}"
+
+
+def _describe_leaf(leaf: Any) -> Any:
+    if isinstance(leaf, torch.Tensor):
+        return [list(leaf.shape), str(leaf.dtype), leaf.device.type]
+    return repr(leaf)
+
+
+def package_key(unet: Any, call: CapturedCall, shapes: ShapeRange, device: str) -> str:
+    """The cache key of a compiled UNet: a hash of everything its code depends on — the
+    versions of torch, diffusers, peft and this package, the device (:func:`_device_identity`),
+    the compile settings, the UNet's class, attention processors and parameter names, shapes
+    and dtypes, the captured call's structure and argument shapes, the shape range. The
+    weights' values are not in it: the package holds none (they are given at load time)."""
+    from . import __version__
+
+    leaves, spec = pytree.tree_flatten((call.args, call.kwargs))
+    processors = sorted({type(p).__name__ for p in getattr(unet, "attn_processors", {}).values()})
+    facts = {
+        "format": PACKAGE_FORMAT,
+        "versions": [
+            torch.__version__,
+            str(torch.version.cuda),
+            version("diffusers"),
+            version("peft"),
+            __version__,
+        ],
+        "device": _device_identity(device),
+        "configs": weightless_package_configs(),
+        "unet": [type(unet).__name__, processors],
+        "state": [[name, list(t.shape), str(t.dtype)] for name, t in unet.state_dict().items()],
+        "call": [str(spec), [_describe_leaf(leaf) for leaf in leaves]],
+        "shapes": [list(shapes.batch), list(shapes.latent)],
+    }
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def about(unet: Any, shapes: ShapeRange, device: str) -> dict[str, Any]:
+    """What a cache entry's ``about.json`` says, for a person looking in the folder."""
+    return {"torch": torch.__version__, "device": _device_identity(device),
+            "dtype": str(unet.dtype), "shapes": str(shapes),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+
+
+class PackageCache:
+    """A folder of compiled UNets, one sub-folder per :func:`package_key`
+    (``unet.pt2`` and ``about.json``). An entry appears whole or not at all: it is built in
+    a temporary sibling folder and renamed into place once its package has loaded."""
+
+    PACKAGE = "unet.pt2"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder).expanduser()
+
+    def find(self, key: str) -> Path | None:
+        """The package of ``key``, or ``None`` (its entry is marked as used: newest kept)."""
+        path = self.folder / key / self.PACKAGE
+        if not path.is_file():
+            return None
+        try:
+            os.utime(path.parent)
+        except OSError:  # a read-only cache still serves
+            pass
+        return path
+
+    def drop(self, key: str) -> None:
+        shutil.rmtree(self.folder / key, ignore_errors=True)
+
+    @contextmanager
+    def adding(self, key: str, about: Mapping[str, Any]) -> Iterator[Path]:
+        """A path to write ``key``'s package to; the entry is kept if the block succeeds
+        (a failed compile leaves nothing behind), then the oldest entries beyond
+        :data:`CACHE_ENTRIES` are removed. A cache folder that cannot be written only costs
+        the cache (a warning): the package is then built in a temporary folder."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            building = Path(tempfile.mkdtemp(prefix=".building-", dir=self.folder))
+        except OSError as error:
+            logger.warning("the compiled-UNet cache %s cannot be written (%s): not kept",
+                           self.folder, error)  # fmt: skip
+            building = Path(tempfile.mkdtemp(prefix="photomaker-aoti-"))
+            yield building / self.PACKAGE
+            return
+        try:
+            yield building / self.PACKAGE
+            (building / "about.json").write_text(json.dumps(dict(about), indent=1) + "\n")
+            target = self.folder / key
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(building, target)
+            logger.info("compiled UNet kept in the cache: %s", target / self.PACKAGE)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        self.prune()
+
+    def prune(self, keep: int = CACHE_ENTRIES) -> None:
+        """Remove all but the ``keep`` most recently used entries."""
+        entries = [p for p in self.folder.iterdir() if (p / self.PACKAGE).is_file()]
+        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _fast_adapter_on(unet: Any) -> bool:
@@ -269,6 +410,7 @@ class CompiledUNet:
     call_spec: Any  # torch.utils._pytree.TreeSpec of (args, kwargs)
     shapes: ShapeRange
     seconds: float
+    from_cache: bool = False
 
 
 class CompiledUNetForward:
@@ -308,8 +450,11 @@ def compile_unet(
     example_call: Mapping[str, Any],
     shapes: ShapeRange | None = None,
     package_path: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> CompiledUNet:
-    """Capture, export and AOT-compile ``pipe.unet`` (raises on failure). On ZeroGPU call it
+    """Capture, export and AOT-compile ``pipe.unet`` (raises on failure); with ``cache`` (a
+    folder, off ZeroGPU) load the package an earlier start compiled for the same
+    :func:`package_key` instead, or keep the new one there. On ZeroGPU call it
     inside a ``@spaces.GPU`` function (long enough for the compile) and return its result:
     changes made in the GPU worker do not reach the main process, which then calls
     :func:`apply_compiled`::
@@ -325,11 +470,26 @@ def compile_unet(
     shapes = shapes or ShapeRange()
     start = time.perf_counter()
     call = capture_unet_call(pipe, example_call)
-    exported = export_unet(pipe.unet, call, shapes)
-    compiled = compile_exported(
-        exported, package_path, weights=pipe.unet.state_dict(), device=str(pipe.unet.device)
-    )
     spec = pytree.tree_flatten((call.args, call.kwargs))[1]
+    weights, device = pipe.unet.state_dict(), str(pipe.unet.device)
+    store = PackageCache(cache) if cache is not None and not on_zerogpu() else None
+    key = package_key(pipe.unet, call, shapes, device) if store else ""
+    if store and (cached := store.find(key)):
+        try:
+            compiled = load_package(str(cached), weights, device)
+        except Exception as error:  # a damaged or foreign file: drop it, compile anew
+            logger.warning("the cached compiled UNet %s could not be used (%s: %s); compiling "
+                           "again", cached, type(error).__name__, error)  # fmt: skip
+            store.drop(key)
+        else:
+            logger.info("compiled UNet loaded from the cache: %s", cached)
+            return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start, True)
+    exported = export_unet(pipe.unet, call, shapes)
+    if store and package_path is None:
+        with store.adding(key, about(pipe.unet, shapes, device)) as package_path:
+            compiled = compile_exported(exported, str(package_path), weights, device)
+    else:
+        compiled = compile_exported(exported, package_path, weights=weights, device=device)
     return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start)
 
 
@@ -350,8 +510,12 @@ def apply_compiled(
         return None
     forward = CompiledUNetForward(pipe.unet, compiled)
     pipe.unet.forward = forward
-    logger.info("compiled UNet in place (%s; compiled in %.0f s)", compiled.shapes,
-                compiled.seconds)
+    logger.info(
+        "compiled UNet in place (%s; %s in %.0f s)",
+        compiled.shapes,
+        "loaded from the cache" if compiled.from_cache else "compiled",
+        compiled.seconds,
+    )
     return forward
 
 
@@ -360,12 +524,13 @@ def compile_unet_ahead_of_time(
     example_call: Mapping[str, Any],
     shapes: ShapeRange | None = None,
     package_path: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> CompiledUNetForward | None:
     """:func:`compile_unet` then :func:`apply_compiled`, in one process (a dedicated GPU, the
     tests); returns the compiled forward, or ``None`` — with a warning, the UNet left eager —
     when anything fails. On ZeroGPU use the two steps (see :func:`compile_unet`)."""
     try:
-        compiled = compile_unet(pipe, example_call, shapes, package_path)
+        compiled = compile_unet(pipe, example_call, shapes, package_path, cache)
     except Exception as error:  # any failure: stay eager, say why
         logger.warning(
             "ahead-of-time compilation of the UNet failed, so it runs eager: %s: %s",

@@ -375,7 +375,8 @@ def compile_ahead_of_time(pipe: Any, settings: Settings) -> Any:
     shapes = aot.ShapeRange.for_tiny() if settings.tiny else aot.ShapeRange()
     example = aot_example_call(pipe, settings)
     logger.info(
-        "compiling the UNet ahead of time (%s; on a %dx%d call): this takes minutes on a GPU",
+        "compiling the UNet ahead of time (%s; on a %dx%d call), or loading it from an "
+        "earlier start's cache: compiling takes minutes on a GPU",
         shapes,
         example["width"],
         example["height"],
@@ -386,7 +387,8 @@ def compile_ahead_of_time(pipe: Any, settings: Settings) -> Any:
 
         forward = compile_unet_on_gpu(pipe, example, shapes)
     else:
-        forward = aot.compile_unet_ahead_of_time(pipe, example, shapes)
+        cache = settings.aot_cache_folder()
+        forward = aot.compile_unet_ahead_of_time(pipe, example, shapes, cache=cache)
     seconds = time.perf_counter() - start
     if forward is None:  # the warning with the reason is logged already
         logger.info("ahead-of-time compilation gave up after %.0f s", seconds)

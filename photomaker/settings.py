@@ -18,6 +18,7 @@ import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import PhotoMakerInputError
@@ -234,6 +235,16 @@ FIELDS: tuple[Field, ...] = (
         "with --compile.",
     ),
     Field(
+        "aot_cache",
+        str,
+        "auto",
+        "Where --aot keeps the compiled UNets it builds, so that the next start with the same "
+        "torch, GPU, models and settings loads one in seconds instead of compiling for "
+        "minutes: auto (photomaker/aot in the Hugging Face cache folder, HF_HOME: it "
+        "persists at home, and on a Space with persistent storage), a folder, or none. Not "
+        "used on ZeroGPU, where the compile runs in a GPU worker at every start.",
+    ),
+    Field(
         "vae_fp16_fix",
         str,
         None,
@@ -406,6 +417,7 @@ class Settings:
     compile: bool = False
     compile_mode: str = "default"
     aot: bool = False
+    aot_cache: str = "auto"
     vae_fp16_fix: str | None = None
     style_lora: str | None = None
     style_lora_weight: float = 0.8
@@ -573,6 +585,17 @@ class Settings:
         if mps is not None and mps.is_available():
             return "mps"
         return "cpu"
+
+    def aot_cache_folder(self) -> Path | None:
+        """The folder of :attr:`aot_cache` (``auto``: ``<HF_HOME>/photomaker/aot``), or
+        ``None`` when the cache is off."""
+        if self.aot_cache.strip().lower() in ("none", "off", ""):
+            return None
+        if self.aot_cache == "auto":
+            from huggingface_hub import constants
+
+            return Path(constants.HF_HOME) / "photomaker" / "aot"
+        return Path(self.aot_cache).expanduser()
 
     def resolved_memory(self) -> str:
         """The memory mode; ``auto`` picks by the GPU's free memory when it is first asked

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,13 +72,15 @@ def small_pipeline(folder, fast_lora: bool = False) -> PhotoMakerStableDiffusion
         cross_attention_dim=64,
         norm_num_groups=16,
     ).eval()
-    checkpoint = write_tiny_checkpoint(folder / "small-photomaker-v1.bin", "v1",
-                                       unet=components["unet"])
+    checkpoint = write_tiny_checkpoint(
+        folder / "small-photomaker-v1.bin", "v1", unet=components["unet"]
+    )
     lora = write_tiny_fast_lora(folder / "small-lightning.safetensors", unet=components["unet"])
     pipe = PhotoMakerStableDiffusionXLPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_photomaker_adapter(str(checkpoint), pm_version="v1",
-                                 id_encoder_config=TINY_ENCODER_CONFIG)
+    pipe.load_photomaker_adapter(
+        str(checkpoint), pm_version="v1", id_encoder_config=TINY_ENCODER_CONFIG
+    )
     if fast_lora:
         fast.attach_fast_lora(pipe, str(lora), mode=fast.mode_for(DEFAULT_FAST_LORA))
     return pipe
@@ -99,7 +102,7 @@ def _call(height: int = 64, width: int = 64, images: int = 1) -> dict:
 #: The app's settings for these tests: tiny, V1 (no face analysis), AOT on; the small
 #: pipeline brings its own fast LoRA, and the doodle and style image are off.
 AOT_SETTINGS = Settings(tiny=True, aot=True, pm_version="v1", fast_lora="none",
-                        doodle_adapter="none", style_adapter="none")  # fmt: skip
+                        doodle_adapter="none", style_adapter="none", aot_cache="none")  # fmt: skip
 
 
 def app_service(settings: Settings, pipe=None):
@@ -113,12 +116,18 @@ def app_service(settings: Settings, pipe=None):
 
 
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
+def aot_cache(tmp_path_factory):
+    """The compiled-UNet cache of the one compile below (``--aot-cache``)."""
+    return tmp_path_factory.mktemp("aot-cache")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, aot_cache):
     folder = tmp_path_factory.mktemp("aot")
     pipe = small_pipeline(folder, fast_lora=True)
     sizes = [(64, 64, 1), (64, 64, 2), (48, 64, 1), (48, 64, 2)]
     eager = {size: pipe(**_call(*size)).images for size in sizes}
-    service = app_service(AOT_SETTINGS, pipe)  # the one compile
+    service = app_service(AOT_SETTINGS.replace(aot_cache=str(aot_cache)), pipe)  # the one compile
     forward = aot.compiled_forward_of(pipe)
     assert service.pipe is pipe and forward is not None and pipe.unet.forward is forward
     assert forward.compiled_calls == forward.eager_calls == 0
@@ -181,6 +190,99 @@ def test_the_compiled_graph_runs_on_the_unets_own_weights(compiled):
         with torch.no_grad():
             weight.copy_(original)
     assert torch.equal(both()[0], before)
+
+
+def export_forbidden(*args, **kwargs):
+    raise AssertionError("the UNet was exported: the cache was not used")
+
+
+@pytest.mark.slow
+def test_the_next_start_loads_the_compiled_unet_from_the_cache(
+    compiled, aot_cache, tmp_path, monkeypatch, caplog
+):
+    """The start-up compile kept its package in the cache (one entry, with an about.json);
+    the next start with the same models and settings loads it — no export, no compile —
+    and its images are eager's."""
+    _, _, eager, _ = compiled
+    (entry,) = [p for p in aot_cache.iterdir() if not p.name.startswith(".")]
+    assert (entry / "unet.pt2").is_file() and "torch" in (entry / "about.json").read_text()
+    pipe = small_pipeline(tmp_path, fast_lora=True)  # a new process's pipeline, as built
+    monkeypatch.setattr(aot, "export_unet", export_forbidden)
+    with caplog.at_level(logging.INFO):
+        app_service(AOT_SETTINGS.replace(aot_cache=str(aot_cache)), pipe)
+    assert "compiled UNet loaded from the cache" in caplog.text
+    forward = aot.compiled_forward_of(pipe)
+    images = pipe(**_call(64, 64, 1)).images
+    assert forward.compiled_calls == 2 and forward.eager_calls == 0
+    assert np.abs(images - eager[(64, 64, 1)]).max() <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_a_damaged_cache_entry_is_dropped_not_trusted(compiled, aot_cache, tmp_path, caplog,
+                                                      monkeypatch):  # fmt: skip
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(aot_cache, cache)
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    (entry / "unet.pt2").write_bytes(b"not a package")
+    pipe = small_pipeline(tmp_path, fast_lora=True)
+
+    def export_stand_in(*args, **kwargs):
+        raise RuntimeError("export stand-in")  # a real compile is the fixture's
+
+    monkeypatch.setattr(aot, "export_unet", export_stand_in)
+    with caplog.at_level(logging.INFO):
+        forward = aot.compile_unet_ahead_of_time(
+            pipe,
+            loading.aot_example_call(pipe, AOT_SETTINGS),
+            aot.ShapeRange.for_tiny(),
+            cache=cache,
+        )
+    assert forward is None  # the entry dropped, the compile tried (and, here, failed)
+    assert "could not be used" in caplog.text and "export stand-in" in caplog.text
+    assert not entry.exists() and not list(cache.iterdir())
+
+
+def test_the_cache_key_follows_what_the_compiled_code_depends_on(tmp_path):
+    pipe = small_pipeline(tmp_path)
+    call = aot.capture_unet_call(pipe, _call())
+    key = aot.package_key(pipe.unet, call, aot.ShapeRange.for_tiny(), "cpu")
+    assert key == aot.package_key(pipe.unet, call, aot.ShapeRange.for_tiny(), "cpu")
+    assert key != aot.package_key(pipe.unet, call, aot.ShapeRange(batch=(1, 4), latent=(16, 64)),
+                                  "cpu")  # fmt: skip
+    bigger = aot.capture_unet_call(pipe, _call(images=2))
+    assert key != aot.package_key(pipe.unet, bigger, aot.ShapeRange.for_tiny(), "cpu")
+    with_lora = small_pipeline(tmp_path / "other", fast_lora=True)  # more parameters
+    call = aot.capture_unet_call(with_lora, _call())
+    assert key != aot.package_key(with_lora.unet, call, aot.ShapeRange.for_tiny(), "cpu")
+
+
+def test_the_cache_keeps_the_newest_entries_and_nothing_half_built(tmp_path):
+    import os
+
+    cache = aot.PackageCache(tmp_path)
+    for i in range(aot.CACHE_ENTRIES + 2):
+        with cache.adding(f"key{i}", {"i": i}) as package:
+            package.write_bytes(b"code")
+        os.utime(tmp_path / f"key{i}", (1000 + i, 1000 + i))
+    assert cache.find("key0") is None and cache.find("key1") is None
+    assert cache.find("key2") is not None  # used now: the newest
+    with pytest.raises(RuntimeError), cache.adding("broken", {}) as package:
+        package.write_bytes(b"half")
+        raise RuntimeError("compile failed")
+    assert cache.find("broken") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"key{i}" for i in range(2, 6)]
+
+
+def test_the_cache_folder_setting(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+    assert Settings().aot_cache_folder() == tmp_path / "hf" / "photomaker" / "aot"
+    assert Settings(aot_cache="none").aot_cache_folder() is None
+    assert Settings(aot_cache="~/x").aot_cache_folder() == Path("~/x").expanduser()
+    assert Settings.from_env({"PHOTOMAKER_AOT_CACHE": "none"}).aot_cache_folder() is None
 
 
 def generation(service, **changes):
