@@ -31,6 +31,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -93,6 +94,119 @@ def components() -> dict[str, nn.Module]:
         [m for n, m in lora_unet.named_modules() if n.endswith(("lora_A", "lora_B"))]
     )
     return models
+
+
+def ip_adapter_modules(unet: nn.Module) -> nn.ModuleList:
+    """``ip-adapter_sdxl``'s weights, which diffusers puts inside the UNet, on meta: a key and
+    a value projection (no bias) from the image tokens for every cross-attention, and the
+    image projection (a Linear to the tokens and a LayerNorm)."""
+    cross = unet.config.cross_attention_dim
+    tokens = sdxl_configs.IP_ADAPTER_TOKENS
+    projection_dim = sdxl_configs.STYLE_IMAGE_ENCODER["projection_dim"]
+    with torch.device(META):
+        layers = [
+            nn.Linear(cross, m.inner_dim, bias=False)
+            for n, m in unet.named_modules()
+            if n.endswith("attn2")
+            for _ in ("to_k_ip", "to_v_ip")
+        ]
+        layers += [nn.Linear(projection_dim, tokens * cross), nn.LayerNorm(cross)]
+    return nn.ModuleList(layers)
+
+
+def fast_lora_modules(unet: nn.Module, rank: int = sdxl_configs.FAST_LORA_RANK) -> nn.ModuleList:
+    """The fast LoRA's factors in SDXL-Lightning's layout (``photomaker.fast``: every Linear
+    and Conv2d in the down, mid and up blocks) at ``rank``, on meta (a convolution's k×k
+    down factor as a Linear of the same size)."""
+    from photomaker.fast import FAST_LORA_BLOCKS
+
+    factors = []
+    with torch.device(META):
+        for name, module in unet.named_modules():
+            if not name.startswith(FAST_LORA_BLOCKS):
+                continue
+            if isinstance(module, nn.Linear):
+                sizes = (module.in_features, module.out_features)
+            elif isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                sizes = (module.in_channels * k, module.out_channels)
+            else:
+                continue
+            factors += [
+                nn.Linear(sizes[0], rank, bias=False),
+                nn.Linear(rank, sizes[1], bias=False),
+            ]
+    return nn.ModuleList(factors)
+
+
+def estimate_pipelines() -> dict[str, SimpleNamespace]:
+    """Two full-size V2 pipelines on meta, in bf16, as ``photomaker.memory_estimate`` reads
+    them: SDXL and PhotoMaker (its LoRA's factors in the UNet, as loaded), and the same with
+    the models the app loads by default besides (the style image's encoder and IP-Adapter,
+    the doodle's adapter, the fast LoRA; the IP-Adapter's weights stand inside the UNet, as
+    the estimate counts them once a style image has been used)."""
+    from diffusers import T2IAdapter
+    from peft import LoraConfig
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    def base(lora_factors: bool) -> dict[str, nn.Module]:
+        unet = common.build_unet(sdxl_configs.SDXL_UNET, META)
+        config = LoraConfig(
+            r=sdxl_configs.PHOTOMAKER_LORA_RANK, lora_alpha=sdxl_configs.PHOTOMAKER_LORA_RANK,
+            target_modules=r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)", init_lora_weights=False,
+        )  # fmt: skip
+        if lora_factors:
+            with torch.device(META):
+                unet.add_adapter(config, adapter_name="photomaker")
+        return {
+            "unet": unet,
+            "text_encoder": common.build_text_encoder(sdxl_configs.SDXL_TEXT_ENCODER, False, META),
+            "text_encoder_2": common.build_text_encoder(
+                sdxl_configs.SDXL_TEXT_ENCODER_2, True, META
+            ),
+            "id_encoder": common.build_id_encoder("v2", "full", META),
+            "vae": common.build_vae(sdxl_configs.SDXL_VAE, META),
+        }
+
+    # With the fast LoRA attached, PhotoMaker's LoRA is baked into the weights (its factors
+    # dropped: photomaker.fast.bake_fused_adapters).
+    plain, extended = base(lora_factors=True), base(lora_factors=False)
+    unet = extended["unet"]
+    unet.ip_adapter_stand_in = ip_adapter_modules(unet)
+    unet.fast_lora_stand_in = fast_lora_modules(unet)
+    with torch.device(META):
+        extended["image_encoder"] = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(**sdxl_configs.STYLE_IMAGE_ENCODER)
+        )
+        extended["adapter"] = T2IAdapter(**sdxl_configs.T2I_SKETCH_ADAPTER)
+    for models in (plain, extended):
+        for model in models.values():
+            model.to(torch.bfloat16)
+    return {"plain": SimpleNamespace(components=plain),
+            "defaults": SimpleNamespace(components=extended)}  # fmt: skip
+
+
+def peak_estimates() -> dict:
+    """``photomaker.memory_estimate``'s peaks of :func:`estimate_pipelines`, and the sizes
+    of the optional models."""
+    from photomaker.memory_estimate import estimate_peaks_gb, model_bytes
+
+    pipes = estimate_pipelines()
+    extended = pipes["defaults"].components
+    return {
+        "plain": estimate_peaks_gb(pipes["plain"]),
+        "defaults": estimate_peaks_gb(pipes["defaults"]),
+        "optional_gb": {
+            "style image encoder": model_bytes(extended["image_encoder"]) / GB,
+            "IP-Adapter weights (in the UNet)": model_bytes(extended["unet"].ip_adapter_stand_in)
+            / GB,
+            "doodle adapter": model_bytes(extended["adapter"]) / GB,
+            f"fast LoRA (rank {sdxl_configs.FAST_LORA_RANK}, an assumption)": model_bytes(
+                extended["unet"].fast_lora_stand_in
+            )
+            / GB,
+        },
+    }
 
 
 def weights(bytes_per_parameter: int = 2) -> dict:
@@ -318,6 +432,37 @@ def markdown(data: dict) -> str:
         "full resolution, per image decoded at once); `bench/gpu.py` measures the peak of each",
         "mode (results-gpu.md).",
         "",
+    ]
+    if "peaks" in data:
+        p = data["peaks"]
+        lines += [
+            "## Estimated peak per memory mode (what `memory auto` reads)",
+            "",
+            "`photomaker/memory_estimate.py` estimates each mode's peak from the pipeline as",
+            "loaded: its weights where the mode keeps them, plus the activations measured on top",
+            "of the weights (full mode's untiled decode; the offload modes' tiled one). Those two",
+            "allowances are calibrated so that SDXL and PhotoMaker alone give the measured peaks",
+            "(full 10.96 GB, model-offload 5.81 GB, H100); the rest are estimates. The app loads",
+            "more by default, where it can be had:",
+            "",
+        ]
+        lines += [f"- {name}: {gb:.2f} GB" for name, gb in p["optional_gb"].items()]
+        lines += [
+            "",
+            "| Mode | SDXL + PhotoMaker V2, GB | with the default optional models, GB |",
+            "|---|---:|---:|",
+        ]
+        for mode, plain in p["plain"].items():
+            lines.append(f"| {mode} | {plain:.2f} | {p['defaults'][mode]:.2f} |")
+        lines += [
+            "",
+            "`memory auto` takes the first of these modes whose estimated peak plus 1 GB fits in",
+            "the GPU's free memory at start-up, reading the pipeline it actually loaded (so",
+            "`--style-adapter none` or `--doodle-adapter none` bring `full` within reach of",
+            "smaller cards).",
+            "",
+        ]
+    lines += [
         "## Peak RSS of the tiny app and CLI (CPU, tiny random models)",
         "",
     ]
@@ -352,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights": weights(),
+        "peaks": peak_estimates(),
     }
     if not args.no_processes:
         with tempfile.TemporaryDirectory(prefix="photomaker-bench-memory-") as tmp:

@@ -157,6 +157,35 @@ PHOTOMAKER_PARAMETERS = {
     "lora": 92_897_280,  # rank 64 on attn1/attn2 to_q/k/v/out of all 70 transformer blocks
 }
 
+# ------------------------------------------------------- the app's default optional models
+
+#: The style image's image encoder, ``h94/IP-Adapter`` ``sdxl_models/image_encoder/config.json``
+#: (``CLIPVisionModelWithProjection``): OpenCLIP ViT-bigG/14's vision tower.
+STYLE_IMAGE_ENCODER = {
+    "hidden_size": 1664,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1280,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+}
+#: ``ip-adapter_sdxl``'s image projection: 4 tokens of the UNet's 2048-wide cross-attention
+#: from the encoder's 1280-wide image embedding.
+IP_ADAPTER_TOKENS = 4
+#: The doodle's adapter, ``TencentARC/t2i-adapter-sketch-sdxl-1.0``'s ``config.json``.
+T2I_SKETCH_ADAPTER = {
+    "adapter_type": "full_adapter_xl",
+    "channels": [320, 640, 1280, 1280],
+    "downscale_factor": 16,
+    "in_channels": 3,
+    "num_res_blocks": 2,
+}
+#: The fast mode's LoRA rank at full size: an assumption (bench/gpu.py's, too).
+FAST_LORA_RANK = 64
+
 # --------------------------------------------------------------------------- small and tiny
 
 #: SDXL-shaped UNet, 1/5 of the widths and one transformer layer per attention block; same

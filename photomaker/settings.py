@@ -181,11 +181,13 @@ FIELDS: tuple[Field, ...] = (
         "memory",
         str,
         "auto",
-        "GPU memory mode: auto (the fastest exact mode whose peak fits the GPU's free memory "
-        "at start-up with 1 GB to spare: full from 12 GB free, encoder-offload from 7 GB "
-        "(8-12 GB cards), then model-offload, group-offload (4-6 GB cards), "
-        "sequential-offload; full on the CPU and on ZeroGPU; the choice and the free memory "
-        "are in the log), full (every model on the GPU, fastest; 10.96 GB peak), model-offload "
+        "GPU memory mode: auto (the fastest exact mode whose peak, estimated from the models "
+        "loaded, fits the GPU's free memory at start-up with 1 GB to spare: with the default "
+        "style image, doodle and fast mode, full from about 17 GB free, encoder-offload from "
+        "about 8 GB, then model-offload, group-offload, sequential-offload; full on the CPU "
+        "and on ZeroGPU; the choice, its estimate and the free memory are in the log), full "
+        "(every model on the GPU, fastest; 10.96 GB peak for SDXL and PhotoMaker alone, an "
+        "estimated 15.7 GB with the default optional models), model-offload "
         "(each model visits the GPU only while it runs: 5.81 GB peak at 1.8x full's time on an "
         "H100, the fastest measured mode under 8 GB), encoder-offload (the UNet and VAE stay on "
         "the GPU, the text and ID encoders visit it a layer at a time, once per call: an "
@@ -347,14 +349,21 @@ def gpu_memory_at_start(index: int) -> tuple[int, int]:
     return torch.cuda.mem_get_info(index)
 
 
-def pick_memory_mode(free_gb: float, unet_resident: bool = False) -> str:
-    """The first mode of :data:`AUTO_MEMORY_PEAKS_GB` whose peak plus
-    :data:`AUTO_MEMORY_MARGIN_GB` fits in ``free_gb``; with ``unet_resident`` only the modes
-    that keep the UNet in place (the smallest of them when none fits: it may still run)."""
-    for mode, peak in AUTO_MEMORY_PEAKS_GB:
+def pick_memory_mode(
+    free_gb: float, unet_resident: bool = False, peaks: Mapping[str, float] | None = None
+) -> str:
+    """The first mode whose peak plus :data:`AUTO_MEMORY_MARGIN_GB` fits in ``free_gb``, in
+    :data:`AUTO_MEMORY_PEAKS_GB`'s order (fastest first); ``peaks`` (mode → GB, the loaded
+    pipeline's estimates, :mod:`photomaker.memory_estimate`) replace the table's figures,
+    which are SDXL and PhotoMaker's alone. With ``unet_resident`` only the modes that keep
+    the UNet in place (the smallest of them when none fits: it may still run)."""
+    table = dict(AUTO_MEMORY_PEAKS_GB)
+    if peaks is not None:
+        table.update(peaks)
+    for mode, _ in AUTO_MEMORY_PEAKS_GB:
         if unet_resident and mode not in UNET_RESIDENT_MODES:
             continue
-        if peak + AUTO_MEMORY_MARGIN_GB <= free_gb:
+        if table[mode] + AUTO_MEMORY_MARGIN_GB <= free_gb:
             return mode
     return UNET_RESIDENT_MODES[-1] if unet_resident else AUTO_MEMORY_PEAKS_GB[-1][0]
 
@@ -597,21 +606,35 @@ class Settings:
             return Path(constants.HF_HOME) / "photomaker" / "aot"
         return Path(self.aot_cache).expanduser()
 
-    def resolved_memory(self) -> str:
+    def auto_asks_the_gpu(self) -> bool:
+        """True when ``memory auto`` chooses by the GPU's memory: on CUDA, off ZeroGPU (48 GB,
+        and no GPU in this process to ask), with a GPU there."""
+        if self.memory != "auto" or self.resolved_device() != "cuda" or on_zerogpu():
+            return False
+        import torch
+
+        return torch.cuda.is_available()  # --device cuda without one: placing says so
+
+    def resolved_memory(self, pipe: Any = None) -> str:
         """The memory mode; ``auto`` picks by the GPU's free memory when it is first asked
-        (:func:`gpu_memory_at_start`, :func:`pick_memory_mode`),
+        (:func:`gpu_memory_at_start`, :func:`pick_memory_mode`), from ``pipe``'s estimated
+        peaks when the pipeline is given (what it loaded: :mod:`photomaker.memory_estimate`),
         among the modes that keep the UNet in place when ``aot`` or ``fast_fuse on`` needs it.
-        Off CUDA and on ZeroGPU (48 GB, and no GPU in this process to ask) it is ``full``."""
+        Off CUDA and on ZeroGPU it is ``full``."""
         if self.memory != "auto":
             return self.memory
-        if self.resolved_device() != "cuda" or on_zerogpu():
+        if not self.auto_asks_the_gpu():
             return "full"
         import torch
 
-        if not torch.cuda.is_available():  # --device cuda without one: placing says so
-            return "full"
         free, _ = gpu_memory_at_start(torch.cuda.current_device())
-        return pick_memory_mode(free / 1e9, unet_resident=self.aot or self.fast_fuse == "on")
+        peaks = None
+        if pipe is not None:
+            from .memory_estimate import estimate_peaks_gb
+
+            peaks = estimate_peaks_gb(pipe)
+        unet_resident = self.aot or self.fast_fuse == "on"
+        return pick_memory_mode(free / 1e9, unet_resident=unet_resident, peaks=peaks)
 
     def resolved_dtype(self):
         """The torch dtype: ``auto`` = float32 on CPU (and in tiny mode), bfloat16 where the
@@ -637,17 +660,18 @@ class Settings:
     def gpu_memory_note(self) -> str:
         """What ``memory auto`` saw, for the log: ``"7.6 of 8.6 GB free at start-up"``, or
         ``""`` where it asked no GPU (another mode chosen, the CPU, ZeroGPU)."""
-        if self.memory != "auto" or self.resolved_device() != "cuda" or on_zerogpu():
+        if not self.auto_asks_the_gpu():
             return ""
         import torch
 
-        if not torch.cuda.is_available():
-            return ""
         free, total = gpu_memory_at_start(torch.cuda.current_device())
         return f"{free / 1e9:.1f} of {total / 1e9:.1f} GB free at start-up"
 
     def memory_description(self) -> str:
-        """``full``, or ``auto: encoder-offload`` with what auto chose."""
+        """``full``; ``auto: full`` where auto needs no choice (CPU, ZeroGPU); ``auto`` where
+        it chooses when the models are placed (by what they hold; the log says)."""
+        if self.auto_asks_the_gpu():
+            return "auto"
         chosen = self.resolved_memory()
         return chosen if self.memory == chosen else f"{self.memory}: {chosen}"
 

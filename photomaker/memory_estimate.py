@@ -1,0 +1,118 @@
+"""The peak VRAM of each memory mode, estimated from the pipeline as it is loaded.
+
+``memory auto`` must choose before anything is on the GPU, and what a pipeline holds depends
+on what it loaded: besides SDXL and PhotoMaker, the app loads by default the style image's
+IP-Adapter (its image encoder, OpenCLIP ViT-bigG's vision tower, is 3.7 GB in bf16, and its
+attention weights, 0.7 GB, sit inside the UNet), the doodle's T2I-Adapter and the fast mode's
+LoRA. The measured peaks (bench/gpu.py) are of SDXL and PhotoMaker alone. So the estimate is
+the pipeline's own weights, counted here byte for byte where each mode keeps them, plus the
+activations the measurements showed on top of the weights:
+
+* :data:`ACTIVATIONS_UNTILED_GB`: the resident modes decode 1024² in one piece (per image):
+  full mode's measured peak (10.96 GB, H100) less the weights this module counts for that
+  pipeline (8.21 GB, bench/results-memory.md).
+* :data:`ACTIVATIONS_TILED_GB`: the offload modes decode in 512-px tiles, so the UNet's step
+  is the largest: model-offload's measured 5.81 GB less the UNet it held (5.32 GB, with
+  PhotoMaker's LoRA factors).
+
+A mode's peak, with *resident* the weights that stay on the GPU and *at once* the most of the
+other weights on it at one time:
+
+The style image's IP-Adapter weights count with the UNet in every mode: they are detached
+from it until a style image is used, then moved to the GPU and kept there
+(:func:`detached_style_bytes`).
+
+* ``full``: every weight, plus the untiled decode.
+* ``encoder-offload``: the UNet, a ControlNet and the VAE, plus the larger of an offloaded
+  model's largest share at once (:func:`photomaker.offload_groups.largest_at_once`) and the
+  tiled activations (an encoder and the steps do not run at the same time).
+* ``model-offload``: the largest model, plus the tiled activations.
+* ``group-offload``: the largest share at once of any model, plus the tiled activations.
+* ``sequential-offload``: the largest layer, plus the tiled activations.
+
+Estimates, not measurements: fragmentation and cuBLAS's workspaces are left to
+``memory auto``'s margin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from .loading import ENCODER_OFFLOAD_RESIDENT
+from .offload_groups import block_modules_for, largest_at_once
+
+GB = 1e9
+#: Full mode's measured peak less the weights counted for that pipeline (see above).
+ACTIVATIONS_UNTILED_GB = 10.96 - 8.21
+#: Model-offload's measured peak less the UNet it held (see above).
+ACTIVATIONS_TILED_GB = 5.81 - 5.32
+#: The modes estimated, in ``memory auto``'s order (fastest first; fp8 ones are not exact).
+MODES = ("full", "encoder-offload", "model-offload", "group-offload", "sequential-offload")
+
+
+def _bytes(tensors: Iterable[Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Parameters and buffers, in the dtypes they are stored in."""
+    return _bytes(model.parameters()) + _bytes(model.buffers())
+
+
+def _at_once_bytes(model: nn.Module) -> int:
+    """The most of ``model``'s weights on the GPU at once when it is group-offloaded."""
+    parameters = sum(p.numel() for p in model.parameters())
+    if not parameters:
+        return 0
+    per_parameter = _bytes(model.parameters()) / parameters
+    return int(largest_at_once(model, block_modules_for(model)) * per_parameter)
+
+
+def _largest_layer_bytes(model: nn.Module) -> int:
+    return max(
+        (_bytes(m.parameters(recurse=False)) for m in model.modules()),
+        default=0,
+    )
+
+
+def detached_style_bytes(pipe: Any) -> int:
+    """The style image's IP-Adapter weights (attention processors and image projection):
+    outside the UNet's modules while no style image is in use (photomaker.style_image), so
+    :func:`model_bytes` misses them, but on the GPU from the first style image on."""
+    from .style_image import style_adapter_of
+
+    adapter = style_adapter_of(pipe)
+    if adapter is None:
+        return 0
+    parts = [p for p in adapter.ip_processors.values() if isinstance(p, nn.Module)]
+    parts.append(adapter.image_projection)
+    return sum(model_bytes(part) for part in parts if isinstance(part, nn.Module))
+
+
+def models_of(pipe: Any) -> dict[str, nn.Module]:
+    """The pipeline's models by component name (schedulers, tokenizers and the rest left out)."""
+    return {name: c for name, c in pipe.components.items() if isinstance(c, nn.Module)}
+
+
+def estimate_peaks_gb(pipe: Any) -> dict[str, float]:
+    """Each of :data:`MODES` → its estimated peak VRAM in GB for one 1024² image."""
+    models = models_of(pipe)
+    sizes = {name: model_bytes(model) for name, model in models.items()}
+    if "unet" in sizes:  # where the style image's weights compute, and stay once moved
+        sizes["unet"] += detached_style_bytes(pipe)
+    offloaded = [model for name, model in models.items() if name not in ENCODER_OFFLOAD_RESIDENT]
+    resident = sum(size for name, size in sizes.items() if name in ENCODER_OFFLOAD_RESIDENT)
+    largest_share = max((_at_once_bytes(m) for m in models.values()), default=0)
+    encoder_share = max((_at_once_bytes(m) for m in offloaded), default=0)
+    tiled = ACTIVATIONS_TILED_GB * GB
+    peaks = {
+        "full": sum(sizes.values()) + ACTIVATIONS_UNTILED_GB * GB,
+        "encoder-offload": resident + max(encoder_share, tiled),
+        "model-offload": max(sizes.values(), default=0) + tiled,
+        "group-offload": largest_share + tiled,
+        "sequential-offload": max(map(_largest_layer_bytes, models.values()), default=0) + tiled,
+    }
+    return {mode: round(peaks[mode] / GB, 2) for mode in MODES}

@@ -1,0 +1,64 @@
+"""photomaker/memory_estimate.py: each memory mode's peak estimated from the pipeline as
+loaded, which ``memory auto`` reads. Calibrated on SDXL + PhotoMaker's measured peaks; the
+app's default optional models (style image, doodle, fast mode) weigh on top."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from photomaker import loading, memory_estimate, settings
+from photomaker.settings import Settings, gpu_memory_at_start, pick_memory_mode
+
+
+@pytest.fixture(scope="module")
+def full_size():
+    from bench.memory import peak_estimates
+
+    return peak_estimates()
+
+
+def test_the_estimate_gives_the_measured_peaks_and_weighs_the_default_optional_models(full_size):
+    """SDXL + PhotoMaker V2 at full size (meta device): the calibrated modes give the H100's
+    measured peaks; with the style image's encoder and IP-Adapter, the doodle's adapter and
+    the fast LoRA, full mode needs about 4.8 GB more, so a card with 12 GB free that the
+    fixed table sent to full gets encoder-offload."""
+    plain, defaults = full_size["plain"], full_size["defaults"]
+    assert (plain["full"], plain["model-offload"]) == (10.96, 5.81)  # measured, H100
+    assert plain["encoder-offload"] == 6.0
+    assert 15.0 < defaults["full"] < 16.5
+    assert defaults["encoder-offload"] < 8.0 - settings.AUTO_MEMORY_MARGIN_GB
+    optional = full_size["optional_gb"]
+    assert 3.6 < optional["style image encoder"] < 3.8  # ViT-bigG's vision tower, bf16
+    assert 0.69 < optional["IP-Adapter weights (in the UNet)"] < 0.71  # ip-adapter_sdxl: 703 MB
+    assert pick_memory_mode(12.4) == "full"  # SDXL + PhotoMaker alone
+    assert pick_memory_mode(12.4, peaks=defaults) == "encoder-offload"
+    assert pick_memory_mode(20.0, peaks=defaults) == "full"
+
+
+def test_the_tiny_pipelines_estimate_counts_what_each_mode_keeps():
+    pipe = loading.build_pipeline(Settings(tiny=True))
+    models = memory_estimate.models_of(pipe)
+    assert {"image_encoder", "adapter", "unet", "id_encoder"} <= set(models)
+    detached = memory_estimate.detached_style_bytes(pipe)
+    assert detached > 0  # the IP-Adapter's weights, outside the UNet until a style image
+    total = sum(memory_estimate.model_bytes(m) for m in models.values()) + detached
+    peaks = memory_estimate.estimate_peaks_gb(pipe)
+    expected_full = total / 1e9 + memory_estimate.ACTIVATIONS_UNTILED_GB
+    assert peaks["full"] == pytest.approx(expected_full, abs=0.006)
+    assert list(peaks) == list(memory_estimate.MODES)
+
+
+def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request):
+    request.addfinalizer(gpu_memory_at_start.cache_clear)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (int(12.4e9), 12 * 2**30))
+    gpu_memory_at_start.cache_clear()
+    estimates = {"full": 15.7, "encoder-offload": 6.9, "model-offload": 6.7,
+                 "group-offload": 1.0, "sequential-offload": 0.6}  # fmt: skip
+    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", lambda pipe: estimates)
+    on_cuda = Settings(device="cuda")
+    assert on_cuda.resolved_memory() == "full"  # before loading: the table's figures
+    assert on_cuda.resolved_memory(pipe=object()) == "encoder-offload"
+    assert Settings(device="cuda", memory="full").resolved_memory(pipe=object()) == "full"
