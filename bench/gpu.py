@@ -70,12 +70,15 @@ MODES = tuple(mode for mode in MEMORY_MODES if mode != "auto")  # a run names a 
 #: reference V1, ours V1, ours V2 and ours V2 fast on the same weights (their own pipelines).
 #: fast-fused / compile-fast-fused: the same with the LoRA merged into the weights for each
 #: call (photomaker.fast's fast_fuse forced on); fast / compile-fast keep the unfused adapter.
+#: app: quality mode, eager, on a pipeline that carries what the app loads by default besides
+#: SDXL and PhotoMaker (the doodle's adapter, the fast LoRA, the style image's IP-Adapter and
+#: image encoder, used once in the warm-up), to measure the peak the app as shipped reaches.
 BACKENDS = ("eager", "compile", "unet", "fast", "compile-fast", "aot", "ab", "fast-fused",
-            "compile-fast-fused")  # fmt: skip
+            "compile-fast-fused", "app")  # fmt: skip
 #: Which pipeline a backend's runs share: its group kind.
 KIND = {"eager": "eager", "unet": "eager", "fast": "eager", "compile": "compile",
         "compile-fast": "compile", "aot": "aot", "ab": "ab", "fast-fused": "eager",
-        "compile-fast-fused": "compile"}  # fmt: skip
+        "compile-fast-fused": "compile", "app": "app"}  # fmt: skip
 #: The backends that run fast mode, the torch.compile ones, the fused ones.
 FAST_BACKENDS = ("fast", "compile-fast", "fast-fused", "compile-fast-fused")
 COMPILE_BACKENDS = ("compile", "compile-fast", "compile-fast-fused")
@@ -93,6 +96,8 @@ DEFAULT_PLAN = (
     "full/compile/50x1",
     "full/compile-fast/8x1",
     "full/aot/50x1",
+    "full/app/50x1",
+    "encoder-offload/app/50x1",
 )
 #: Dense (no sparsity) bf16 tensor-core peaks from the vendor's data sheets, TFLOP/s. The
 #: first name found in the device name wins, so the specific ones come first.
@@ -165,10 +170,12 @@ GROUPS = (
     ("full", "ab"),
     ("full", "compile"),
     ("full", "aot"),
+    *((mode, "app") for mode in MODES),
     ("sequential-offload", "eager"),
     *((mode, kind) for kind in ("compile", "aot", "ab") for mode in MODES if mode != "full"),
 )
-GROUP_SUFFIX = {"eager": "", "compile": " (compiled)", "aot": " (AOT)", "ab": " (A/B)"}
+GROUP_SUFFIX = {"eager": "", "compile": " (compiled)", "aot": " (AOT)", "ab": " (A/B)",
+                "app": " (app defaults)"}  # fmt: skip
 
 
 def group_plan(specs: list[RunSpec]) -> list[tuple[str, list[RunSpec]]]:
@@ -260,9 +267,13 @@ def free_memory(device: torch.device, compiled: bool = False) -> None:
 # --------------------------------------------------------------------------- the pipeline
 
 
-def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
+def build_pipeline(
+    mode: str, args, device: torch.device, dtype: torch.dtype, app_defaults: dict | None = None
+):
     """A fresh PhotoMaker V2 pipeline of ``args.size`` models with random weights, the LoRA
-    fused, placed for ``mode``. Weights are drawn on the GPU (fast) and moved as the mode says."""
+    fused, placed for ``mode``. Weights are drawn on the GPU (fast) and moved as the mode says.
+    With ``app_defaults`` (a dict, filled with what was attached) the app's default optional
+    models are attached before placing (:func:`attach_app_defaults`)."""
     from photomaker.pipeline import PhotoMakerStableDiffusionXLPipeline
 
     init_device = device if device.type == "cuda" else torch.device("cpu")
@@ -278,12 +289,79 @@ def build_pipeline(mode: str, args, device: torch.device, dtype: torch.dtype):
     pipe.load_photomaker_adapter(state, pm_version="v2", trigger_word="img", **extra)
     del state, components
     common.ensure_lora_fused(pipe)
+    if app_defaults is not None:
+        pipe = attach_app_defaults(pipe, args, device, dtype, init_device, app_defaults)
     if mode not in RESIDENT_MODES:  # drawn on the GPU: back to the CPU before the hooks
         pipe.to("cpu")
         free_memory(device)
     apply_memory_mode(pipe, mode, device, dtype)  # as the app places it (its VAE settings too)
     free_memory(device)
     return pipe
+
+
+def attach_app_defaults(pipe, args, device, dtype, init_device, info: dict):
+    """What the app loads by default besides SDXL and PhotoMaker, attached in the app's order
+    (photomaker.loading.build_pipeline) with random weights: the doodle's T2I-Adapter (the
+    sketch adapter's config; full size only, where its feature maps fit the UNet), the fast
+    LoRA (:func:`attach_fast`), and the style image's IP-Adapter with its image encoder
+    (ViT-bigG's vision tower at full size), written in the released layout to a temporary
+    folder and loaded through photomaker.style_image. Returns the pipeline (the doodle's is
+    another class on the same models); ``info`` gets each one's size in GB."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from photomaker import style_image
+    from photomaker.memory_estimate import detached_style_bytes, model_bytes
+
+    if args.size == "full":
+        from diffusers import T2IAdapter
+
+        from photomaker.pipeline_adapter import PhotoMakerStableDiffusionXLAdapterPipeline
+
+        with torch.device(init_device):
+            adapter = T2IAdapter(**sdxl_configs.T2I_SKETCH_ADAPTER).eval()
+        adapter = common.cast(adapter, dtype)
+        pipe = PhotoMakerStableDiffusionXLAdapterPipeline.from_photomaker_pipe(
+            pipe, adapter=adapter
+        )
+        pipe.set_progress_bar_config(disable=True)
+        info["doodle_adapter_gb"] = model_bytes(adapter) / GB
+    info.update(attach_fast(pipe, args, device))
+    folder = Path(tempfile.mkdtemp(prefix="photomaker-bench-ip-adapter-"))
+    try:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        full = args.size == "full"
+        config = sdxl_configs.STYLE_IMAGE_ENCODER if full else sdxl_configs.TINY_STYLE_IMAGE_ENCODER
+        with torch.device(init_device):
+            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config)).eval()
+        common.cast(encoder, dtype).save_pretrained(folder / "image_encoder")
+        del encoder
+        state = style_image.random_ip_adapter_state_dict(
+            pipe.unet, config["projection_dim"], args.seed
+        )
+        save_file({k: v.to(dtype).contiguous() for k, v in state.items()},
+                  str(folder / "ip-adapter_sdxl.safetensors"))  # fmt: skip
+        style_image.attach_style_adapter(pipe, str(folder / "ip-adapter_sdxl.safetensors"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    info["style_image_encoder_gb"] = model_bytes(pipe.image_encoder) / GB
+    info["ip_adapter_gb"] = detached_style_bytes(pipe) / GB
+    return pipe
+
+
+def style_warmup(pipe, args, clock: Clock) -> None:
+    """One short call with a style image, as a first style request does: the IP-Adapter's
+    weights move to the GPU and stay (photomaker.style_image)."""
+    from PIL import Image
+
+    from photomaker import style_image
+
+    image = Image.new("RGB", (224, 224), (120, 90, 60))
+    with style_image.style_image_mode(pipe, image, 0.5) as extra:
+        timed_call(pipe, clock, {**call_kwargs(args, args.warmup_steps, 1), **extra})
 
 
 def offload_group_counts(pipe) -> dict[str, int]:
@@ -561,6 +639,7 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
     result.update(fast_call(pipe, clock, kwargs, fuse=spec.backend in FUSED_BACKENDS)
                   if fast_mode else timed_call(pipe, clock, kwargs))  # fmt: skip
     result.update(memory(device))
+    result["estimated_peak_gb"] = estimated_peak(pipe, spec, fast_mode)
     if spec.backend in COMPILE_BACKENDS:  # > 0: the timed call recompiled
         compiled_now = _dynamo_counter("stats", "unique_graphs")
         result["graphs_compiled_in_timed_call"] = compiled_now - graphs
@@ -583,6 +662,17 @@ def _measure(pipe, spec: RunSpec, args, device, clock: Clock, state: dict, resul
         result["seconds_per_image_at_50_steps"] = (outside + 49 * result["step_s"]) / spec.images
     result["extrapolated_to_50_steps"] = spec.steps != 50
     return result
+
+
+def estimated_peak(pipe, spec: RunSpec, fast_mode: bool) -> float | None:
+    """What photomaker.memory_estimate (``memory auto``) predicts for this run's peak, so the
+    results show estimate and measurement side by side: quality calls of one image in the
+    exact modes (the estimate is for one 1024² image: on the tiny models it is only checked)."""
+    from photomaker.memory_estimate import MODES, estimate_peaks_gb
+
+    if fast_mode or spec.images != 1 or spec.mode not in MODES:
+        return None
+    return estimate_peaks_gb(pipe)[spec.mode]
 
 
 def build_ab(args, device, dtype) -> tuple[dict, dict]:
@@ -861,16 +951,16 @@ def markdown(data: dict) -> str:
         f" CFG 5, negative prompt, {data['settings']['photos']} ID photo(s), start_merge_step 10.",
         "",
         "| Run | Status | s / image | s / image at 50 steps | step ms | before loop s | after loop s"
-        " | peak VRAM GB | resident before GB | TFLOP/s | % of peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | peak VRAM GB | estimated peak GB | resident before GB | TFLOP/s | % of peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in data["runs"]:
         if run["status"] == "ok" and run["backend"] == "ab":
-            lines.append(f"| {run['name']} | ok: see its section below | | | | | | | | | |")
+            lines.append(f"| {run['name']} | ok: see its section below | | | | | | | | | | |")
             continue
         if run["status"] != "ok":
             why = _error_line(run.get("error", run.get("reason", "")))
-            lines.append(f"| {run['name']} | {run['status']}: {why[:120]} | | | | | | | | | |")
+            lines.append(f"| {run['name']} | {run['status']}: {why[:120]} | | | | | | | | | | |")
             continue
         unet = run["backend"] == "unet"
         fraction = run.get("step_fraction_of_peak") if not unet else run.get("fraction_of_peak")
@@ -879,7 +969,7 @@ def markdown(data: dict) -> str:
             f"| {'-' if unet else _f(run['seconds_per_image_at_50_steps']) + (' (extrapolated)' if run.get('extrapolated_to_50_steps') else '')} "
             f"| {_f(run['step_s'] * 1000, 1)} | {'-' if unet else _f(run['before_loop_s'])} "
             f"| {'-' if unet else _f(run['after_loop_s'])} | {_f(run.get('peak_allocated_gb'))} "
-            f"| {_f(run.get('allocated_before_gb'))} "
+            f"| {_f(run.get('estimated_peak_gb'))} | {_f(run.get('allocated_before_gb'))} "
             f"| {_f(run.get('tflops_per_s'), 0)} | {_f(fraction * 100 if fraction else None, 0)} |"
         )
     for run in data["runs"]:
@@ -896,7 +986,12 @@ def markdown(data: dict) -> str:
         "(`bench/flops.py`) / its seconds; *% of peak*: the denoising steps' TFLOP/s (UNet FLOPs",
         "per step / step time) as a share of the dense bf16 peak. *peak VRAM*:",
         "`torch.cuda.max_memory_allocated` during the call (weights included); *resident before*:",
-        "`torch.cuda.memory_allocated` just before it (the weights kept on the GPU).",
+        "`torch.cuda.memory_allocated` just before it (the weights kept on the GPU);",
+        "*estimated peak*: what `memory auto` predicts for the run's pipeline",
+        "(`photomaker/memory_estimate.py`; one-image quality calls in the exact modes). The `app`",
+        "runs carry what the app loads by default besides SDXL and PhotoMaker: the doodle's",
+        "adapter, the fast LoRA, the style image's IP-Adapter and image encoder (used once in",
+        "the warm-up, so its weights are on the GPU as after a first style request).",
     ]
     if data["settings"]["dry_run"]:
         lines.append(
@@ -1199,8 +1294,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 log(f"building the {group} pipeline")
                 t = time.perf_counter()
-                pipe = build_pipeline(mode, args, device, dtype)
+                app_defaults = {} if KIND[specs[0].backend] == "app" else None
+                pipe = build_pipeline(mode, args, device, dtype, app_defaults)
                 build["build_s"] = time.perf_counter() - t
+                if app_defaults is not None:
+                    build["app_defaults"] = app_defaults
+                    log(f"  with the app's defaults: {app_defaults}")
                 groups = offload_group_counts(pipe)
                 if groups:
                     build["offload_groups"] = groups
@@ -1210,6 +1309,13 @@ def main(argv: list[str] | None = None) -> int:
                 timed_call(pipe, clock, call_kwargs(args, args.warmup_steps, 1))
                 build["warmup_s"] = time.perf_counter() - t
                 log(f"  warm-up {build['warmup_s']:.1f}s")
+                if app_defaults is not None:  # its failure is recorded, the runs go on
+                    try:
+                        style_warmup(pipe, args, clock)
+                        build["style_warmup"] = "ok"
+                    except Exception:
+                        build["style_warmup"] = _error_line(traceback.format_exc())
+                        log(f"  style-image warm-up failed: {build['style_warmup']}")
             except Exception:
                 build["error"] = traceback.format_exc()
                 log(f"  {group} pipeline failed:\n{build['error']}")

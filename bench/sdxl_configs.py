@@ -172,6 +172,16 @@ STYLE_IMAGE_ENCODER = {
     "hidden_act": "gelu",
     "layer_norm_eps": 1e-5,
 }
+#: The tiny stand-in of the style image's encoder (bench/gpu.py's dry run).
+TINY_STYLE_IMAGE_ENCODER = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "patch_size": 32,
+    "image_size": 224,
+    "projection_dim": 32,
+}
 #: ``ip-adapter_sdxl``'s image projection: 4 tokens of the UNet's 2048-wide cross-attention
 #: from the encoder's 1280-wide image embedding.
 IP_ADAPTER_TOKENS = 4

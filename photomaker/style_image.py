@@ -73,6 +73,36 @@ def split_location(location: str) -> tuple[str, str | None, str]:
     return "/".join(parts[:2]), "/".join(parts[2:-1]) or None, parts[-1]
 
 
+def random_ip_adapter_state_dict(unet: Any, embed_dim: int, seed: int = 0) -> dict[str, Any]:
+    """A random IP-Adapter for ``unet`` in ``ip-adapter_sdxl``'s released layout:
+    ``image_proj.proj`` / ``image_proj.norm`` (4 image tokens from an ``embed_dim``-wide image
+    embedding; the released one's is 1280) and, for the i-th cross-attention processor of the
+    UNet (diffusers' order), ``ip_adapter.{2i+1}.to_k_ip`` / ``.to_v_ip``. For the tests (tiny
+    UNet) and the benchmarks (full size): the values mean nothing."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    state = {
+        "image_proj.proj.weight": torch.randn(4 * cross, embed_dim, generator=generator)
+        / embed_dim**0.5,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden = attn.to_k.out_features
+        for proj in ("to_k_ip", "to_v_ip"):
+            weight = torch.randn(hidden, cross, generator=generator) / cross**0.5
+            state[f"ip_adapter.{key_id}.{proj}.weight"] = weight
+        key_id += 2
+    return state
+
+
 def attach_style_adapter(pipe: Any, location: str) -> StyleAdapter:
     """Load the IP-Adapter (and its image encoder, from ``image_encoder/`` beside the weight
     file, as diffusers does) and leave the UNet in its plain state."""

@@ -217,32 +217,13 @@ def build_tiny_image_encoder(seed: int = 0):
 
 
 def tiny_ip_adapter_state_dict(unet: nn.Module | None = None, seed: int = 0) -> dict:
-    """A random IP-Adapter for the tiny UNet in ``ip-adapter_sdxl``'s released layout:
-    ``image_proj.proj`` / ``image_proj.norm`` (4 image tokens) and, for the i-th
-    cross-attention processor of the UNet (diffusers' order), ``ip_adapter.{2i+1}.to_k_ip`` /
-    ``.to_v_ip``."""
+    """A random IP-Adapter for the tiny UNet in ``ip-adapter_sdxl``'s released layout
+    (:func:`photomaker.style_image.random_ip_adapter_state_dict`)."""
+    from .style_image import random_ip_adapter_state_dict
+
     if unet is None:
         unet = build_tiny_components(0)["unet"]
-    generator = torch.Generator().manual_seed(seed)
-    cross = unet.config.cross_attention_dim
-    state = {
-        "image_proj.proj.weight": torch.randn(4 * cross, TINY_IMAGE_EMBED_DIM, generator=generator)
-        / TINY_IMAGE_EMBED_DIM**0.5,
-        "image_proj.proj.bias": torch.zeros(4 * cross),
-        "image_proj.norm.weight": torch.ones(cross),
-        "image_proj.norm.bias": torch.zeros(cross),
-    }
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        attn = unet.get_submodule(name[: -len(".processor")])
-        hidden = attn.to_k.out_features
-        for proj in ("to_k_ip", "to_v_ip"):
-            weight = torch.randn(hidden, cross, generator=generator) / cross**0.5
-            state[f"ip_adapter.{key_id}.{proj}.weight"] = weight
-        key_id += 2
-    return state
+    return random_ip_adapter_state_dict(unet, TINY_IMAGE_EMBED_DIM, seed)
 
 
 def write_tiny_style_adapter(folder: str | os.PathLike, seed: int = 0) -> Path:

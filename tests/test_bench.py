@@ -254,8 +254,8 @@ def test_results_are_written_and_plotted(tmp_path):
     md = (tmp_path / "results-gpu.md").read_text()
     assert "NVIDIA H100 80GB HBM3" in md and "989.4" in md
     assert (
-        "| full/eager/50x1 | ok | 3.20 | 3.20 | 55.0 | 0.30 | 0.15 | 10.20 | 8.21 | 214 | 25 |"
-        in md
+        "| full/eager/50x1 | ok | 3.20 | 3.20 | 55.0 | 0.30 | 0.15 | 10.20 | - | 8.21 | 214 | 25 |"
+        in md  # no estimate recorded: "-"
     )
     assert "error: torch.OutOfMemoryError: CUDA out of memory" in md
     assert "60.00 (extrapolated)" in md
@@ -276,7 +276,9 @@ def test_the_plot_tells_two_leases_of_one_device_and_their_compile_mode_apart(tm
     for name, data in (("a.json", first), ("b.json", second)):
         (tmp_path / name).write_text(json.dumps(data))
     labels = [r["label"] for r in plot.load([tmp_path / "a.json", tmp_path / "b.json"])]
-    assert labels[0] == f"NVIDIA H100 80GB HBM3, {first['started'][:10]} {first['started'][11:16]} UTC"
+    assert (
+        labels[0] == f"NVIDIA H100 80GB HBM3, {first['started'][:10]} {first['started'][11:16]} UTC"
+    )
     assert labels[1] == "NVIDIA H100 80GB HBM3, 2026-01-02 17:40 UTC; compiled: reduce-overhead"
     assert plot.load([tmp_path / "a.json"])[0]["label"] == "NVIDIA H100 80GB HBM3"
     md = gpu.markdown(second)
@@ -374,7 +376,7 @@ BLOCKER = textwrap.dedent(
 DRY_RUN_PLAN = (
     "full/unet/1,full/eager/2x1,full/eager/2x2,full/fast/8x1,full/fast-fused/8x1,"
     "model-offload/eager/2x1,encoder-offload/eager/2x1,"
-    "fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1"
+    "fp8/eager/2x1,group-offload/eager/2x1,full/ab/2x1,encoder-offload/app/2x1"
 )
 
 
@@ -405,7 +407,9 @@ def test_gpu_script_dry_run_without_gradio_insightface_open_clip(dry_run):
     assert two["tflop"] > 0 and "dry-run mode" in (out / "results-gpu.md").read_text()
     split = data["builds"]["group-offload"]["offload_groups"]  # the split the run used
     assert split["unet"] > 10 and split["text_encoder_2"] > 2
-    assert "group-offload: group-offloading groups per model: " in (out / "results-gpu.md").read_text()
+    assert (
+        "group-offload: group-offloading groups per model: " in (out / "results-gpu.md").read_text()
+    )
     assert "blocked" not in proc.stdout + proc.stderr
     plot.plot(plot.load([out / "results-gpu.json"]), out / "gpu.png")
 
@@ -429,3 +433,12 @@ def test_gpu_script_dry_run_of_the_issue_16_runs(dry_run):
     text = (out / "results-gpu.md").read_text()
     assert "### Ratios to full/eager/2x1" in text and "| full/fast/8x1 |" in text
     assert "interleaved rounds; per-round ratios" in text and "reference-v1: not run" in text
+    # The app's defaults (doodle adapter at full size only, fast LoRA, style image) attached,
+    # the style image used once, and memory auto's estimate beside each measured peak.
+    app = data["builds"]["encoder-offload (app defaults)"]
+    assert app["style_warmup"] == "ok" and app["app_defaults"]["fast_layers"] > 50
+    assert app["app_defaults"]["style_image_encoder_gb"] > 0 < app["app_defaults"]["ip_adapter_gb"]
+    assert by_name["encoder-offload/app/2x1"]["estimated_peak_gb"] > 0
+    assert by_name["full/eager/2x1"]["estimated_peak_gb"] > 0
+    assert by_name["full/eager/2x2"]["estimated_peak_gb"] is None  # the estimate is for one image
+    assert "| estimated peak GB |" in text
