@@ -152,15 +152,15 @@ def place(pipe: Any, settings: Settings) -> Any:
     still store the UNet in float8 (so the numerical effect can be seen anywhere).
     """
     device = settings.resolved_device()
-    mode = settings.resolved_memory(pipe)
-    if settings.memory == "auto":
-        note = settings.gpu_memory_note()
-        if note:
-            from .memory_estimate import estimate_peaks_gb
+    peaks = None
+    if settings.auto_asks_the_gpu():  # from what this pipeline loaded
+        from .memory_estimate import estimate_peaks_gb
 
-            peak = estimate_peaks_gb(pipe)[mode]
-            note = f" (an estimated {peak:.1f} GB peak; {note})"
-        logger.info("memory auto: %s%s", mode, note)
+        peaks = estimate_peaks_gb(pipe)
+    mode = settings.resolved_memory(peaks)
+    if settings.memory == "auto":
+        note = f" (an estimated {peaks[mode]:.1f} GB peak; {settings.gpu_memory_note()})"
+        logger.info("memory auto: %s%s", mode, note if peaks else "")
     if device == "cpu" and mode not in RESIDENT_MODES:
         mode = "fp8" if mode in FP8_MODES else "full"
     return apply_memory_mode(pipe, mode, device, settings.resolved_dtype())

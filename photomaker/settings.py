@@ -615,10 +615,10 @@ class Settings:
 
         return torch.cuda.is_available()  # --device cuda without one: placing says so
 
-    def resolved_memory(self, pipe: Any = None) -> str:
+    def resolved_memory(self, peaks: Mapping[str, float] | None = None) -> str:
         """The memory mode; ``auto`` picks by the GPU's free memory when it is first asked
-        (:func:`gpu_memory_at_start`, :func:`pick_memory_mode`), from ``pipe``'s estimated
-        peaks when the pipeline is given (what it loaded: :mod:`photomaker.memory_estimate`),
+        (:func:`gpu_memory_at_start`, :func:`pick_memory_mode`), from ``peaks`` when given (the
+        loaded pipeline's estimates, :func:`photomaker.memory_estimate.estimate_peaks_gb`),
         among the modes that keep the UNet in place when ``aot`` or ``fast_fuse on`` needs it.
         Off CUDA and on ZeroGPU it is ``full``."""
         if self.memory != "auto":
@@ -628,11 +628,6 @@ class Settings:
         import torch
 
         free, _ = gpu_memory_at_start(torch.cuda.current_device())
-        peaks = None
-        if pipe is not None:
-            from .memory_estimate import estimate_peaks_gb
-
-            peaks = estimate_peaks_gb(pipe)
         unet_resident = self.aot or self.fast_fuse == "on"
         return pick_memory_mode(free / 1e9, unet_resident=unet_resident, peaks=peaks)
 

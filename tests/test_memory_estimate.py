@@ -4,6 +4,8 @@ app's default optional models (style image, doodle, fast mode) weigh on top."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def test_the_tiny_pipelines_estimate_counts_what_each_mode_keeps():
     assert list(peaks) == list(memory_estimate.MODES)
 
 
-def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request):
+def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request, caplog):
     request.addfinalizer(gpu_memory_at_start.cache_clear)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -57,8 +59,18 @@ def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request):
     gpu_memory_at_start.cache_clear()
     estimates = {"full": 15.7, "encoder-offload": 6.9, "model-offload": 6.7,
                  "group-offload": 1.0, "sequential-offload": 0.6}  # fmt: skip
-    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", lambda pipe: estimates)
     on_cuda = Settings(device="cuda")
     assert on_cuda.resolved_memory() == "full"  # before loading: the table's figures
-    assert on_cuda.resolved_memory(pipe=object()) == "encoder-offload"
-    assert Settings(device="cuda", memory="full").resolved_memory(pipe=object()) == "full"
+    assert on_cuda.resolved_memory(estimates) == "encoder-offload"
+    assert Settings(device="cuda", memory="full").resolved_memory(estimates) == "full"
+    # place() estimates from the pipeline it places and logs what it chose and why.
+    pipe = loading.build_pipeline(Settings(tiny=True, fast_lora="none", doodle_adapter="none"))
+    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", lambda p: estimates)
+    placed = []
+    monkeypatch.setattr(loading, "apply_memory_mode", lambda p, mode, *a: placed.append(mode))
+    with caplog.at_level(logging.INFO, logger="photomaker.loading"):
+        loading.place(pipe, on_cuda)
+    assert placed == ["encoder-offload"]
+    assert "memory auto: encoder-offload (an estimated 6.9 GB peak; 12.4 of 12.9 GB free" in (
+        caplog.text
+    )
