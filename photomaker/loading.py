@@ -158,9 +158,11 @@ def place(pipe: Any, settings: Settings) -> Any:
 
         peaks = estimate_peaks_gb(pipe)
     mode = settings.resolved_memory(peaks)
-    if settings.memory == "auto":
-        note = f" (an estimated {peaks[mode]:.1f} GB peak; {settings.gpu_memory_note()})"
-        logger.info("memory auto: %s%s", mode, note if peaks else "")
+    if peaks is not None:
+        note = f"an estimated {peaks[mode]:.1f} GB peak; {settings.gpu_memory_note()}"
+        logger.info("memory auto: %s (%s)", mode, note)
+    elif settings.memory == "auto":
+        logger.info("memory auto: %s", mode)
     if device == "cpu" and mode not in RESIDENT_MODES:
         mode = "fp8" if mode in FP8_MODES else "full"
     return apply_memory_mode(pipe, mode, device, settings.resolved_dtype())
