@@ -143,8 +143,8 @@ def estimate_pipelines() -> dict[str, SimpleNamespace]:
     """Two full-size V2 pipelines on meta, in bf16, as ``photomaker.memory_estimate`` reads
     them: SDXL and PhotoMaker (its LoRA's factors in the UNet, as loaded), and the same with
     the models the app loads by default besides (the style image's encoder and IP-Adapter,
-    the doodle's adapter, the fast LoRA; the IP-Adapter's weights stand inside the UNet, as
-    the estimate counts them once a style image has been used)."""
+    the doodle's adapter, the fast LoRA; the IP-Adapter's weights apart from the UNet's
+    modules, as photomaker.style_image keeps them between style-image calls)."""
     from diffusers import T2IAdapter
     from peft import LoraConfig
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -172,18 +172,17 @@ def estimate_pipelines() -> dict[str, SimpleNamespace]:
     # dropped: photomaker.fast.bake_fused_adapters).
     plain, extended = base(lora_factors=True), base(lora_factors=False)
     unet = extended["unet"]
-    unet.ip_adapter_stand_in = ip_adapter_modules(unet)
     unet.fast_lora_stand_in = fast_lora_modules(unet)
+    ip_adapter = ip_adapter_modules(unet)  # outside the UNet's modules, as the app keeps it
     with torch.device(META):
         extended["image_encoder"] = CLIPVisionModelWithProjection(
             CLIPVisionConfig(**sdxl_configs.STYLE_IMAGE_ENCODER)
         )
         extended["adapter"] = T2IAdapter(**sdxl_configs.T2I_SKETCH_ADAPTER)
-    for models in (plain, extended):
-        for model in models.values():
-            model.to(torch.bfloat16)
+    for model in (*plain.values(), *extended.values(), ip_adapter):
+        model.to(torch.bfloat16)
     return {"plain": SimpleNamespace(components=plain),
-            "defaults": SimpleNamespace(components=extended)}  # fmt: skip
+            "defaults": SimpleNamespace(components=extended, ip_adapter=ip_adapter)}  # fmt: skip
 
 
 def peak_estimates() -> dict:
@@ -193,12 +192,13 @@ def peak_estimates() -> dict:
 
     pipes = estimate_pipelines()
     extended = pipes["defaults"].components
+    ip_adapter = pipes["defaults"].ip_adapter
     return {
-        "plain": estimate_peaks_gb(pipes["plain"]),
-        "defaults": estimate_peaks_gb(pipes["defaults"]),
+        "plain": estimate_peaks_gb(pipes["plain"], style_bytes=0),
+        "defaults": estimate_peaks_gb(pipes["defaults"], style_bytes=model_bytes(ip_adapter)),
         "optional_gb": {
             "style image encoder": model_bytes(extended["image_encoder"]) / GB,
-            "IP-Adapter weights (in the UNet)": model_bytes(extended["unet"].ip_adapter_stand_in)
+            "IP-Adapter weights (its attention and image projection)": model_bytes(ip_adapter)
             / GB,
             "doodle adapter": model_bytes(extended["adapter"]) / GB,
             f"fast LoRA (rank {sdxl_configs.FAST_LORA_RANK}, an assumption)": model_bytes(

@@ -18,9 +18,10 @@ activations the measurements showed on top of the weights:
 A mode's peak, with *resident* the weights that stay on the GPU and *at once* the most of the
 other weights on it at one time:
 
-The style image's IP-Adapter weights count with the UNet in every mode: they are detached
-from it until a style image is used, then moved to the GPU and kept there
-(:func:`detached_style_bytes`).
+The style image's IP-Adapter weights (:func:`detached_style_bytes`) are outside the UNet's
+modules; they are on the GPU during a style-image call, and stay there after it in the modes
+that keep the UNet there. They count with the UNet in full, encoder-offload and
+model-offload, and on top of the share at once in group- and sequential-offload.
 
 * ``full``: every weight, plus the untiled decode.
 * ``encoder-offload``: the UNet, a ControlNet and the VAE, plus the larger of an offloaded
@@ -97,12 +98,15 @@ def models_of(pipe: Any) -> dict[str, nn.Module]:
     return {name: c for name, c in pipe.components.items() if isinstance(c, nn.Module)}
 
 
-def estimate_peaks_gb(pipe: Any) -> dict[str, float]:
-    """Each of :data:`MODES` → its estimated peak VRAM in GB for one 1024² image."""
+def estimate_peaks_gb(pipe: Any, style_bytes: int | None = None) -> dict[str, float]:
+    """Each of :data:`MODES` → its estimated peak VRAM in GB for one 1024² image.
+    ``style_bytes``: the style image's detached weights, when not read from ``pipe``
+    (:func:`detached_style_bytes`; bench/memory.py counts them on the meta device)."""
     models = models_of(pipe)
     sizes = {name: model_bytes(model) for name, model in models.items()}
-    if "unet" in sizes:  # where the style image's weights compute, and stay once moved
-        sizes["unet"] += detached_style_bytes(pipe)
+    style = detached_style_bytes(pipe) if style_bytes is None else style_bytes
+    if "unet" in sizes:  # where the style image's weights compute
+        sizes["unet"] += style
     offloaded = [model for name, model in models.items() if name not in ENCODER_OFFLOAD_RESIDENT]
     resident = sum(size for name, size in sizes.items() if name in ENCODER_OFFLOAD_RESIDENT)
     largest_share = max((_at_once_bytes(m) for m in models.values()), default=0)
@@ -112,7 +116,9 @@ def estimate_peaks_gb(pipe: Any) -> dict[str, float]:
         "full": sum(sizes.values()) + ACTIVATIONS_UNTILED_GB * GB,
         "encoder-offload": resident + max(encoder_share, tiled),
         "model-offload": max(sizes.values(), default=0) + tiled,
-        "group-offload": largest_share + tiled,
-        "sequential-offload": max(map(_largest_layer_bytes, models.values()), default=0) + tiled,
+        "group-offload": largest_share + style + tiled,
+        "sequential-offload": max(map(_largest_layer_bytes, models.values()), default=0)
+        + style
+        + tiled,
     }
     return {mode: round(peaks[mode] / GB, 2) for mode in MODES}

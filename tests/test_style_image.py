@@ -146,3 +146,26 @@ def test_the_cli_style_image(tmp_path, capsys):
     capsys.readouterr()
     assert main(off) == EXIT_USER_ERROR
     assert "error: --style-image needs the style image's IP-Adapter" in capsys.readouterr().err
+
+
+def test_after_a_call_the_ip_adapter_rests_where_the_unets_weights_rest():
+    """Offload modes keep the UNet's weights on the CPU between calls (sequential offload on
+    the meta device, the real ones elsewhere): the IP-Adapter's 0.70 GB go back to the CPU
+    then, and stay on the GPU where the UNet stays (here a recording stand-in: no GPU)."""
+    import torch
+
+    class Part:
+        def __init__(self) -> None:
+            self.moves: list[torch.device] = []
+
+        def to(self, device):
+            self.moves.append(device)
+            return self
+
+    for unet_device, expected in (("meta", "cpu"), ("cpu", "cpu"), ("cuda", "cuda")):
+        processors, projection = {"a": Part(), "b": Part()}, Part()
+        adapter = style_image.StyleAdapter("x", {}, processors, projection)
+        pipe = type("Pipe", (), {"unet": type("UNet", (), {"device": torch.device(unet_device)})})
+        style_image._follow_the_unet(pipe, adapter)
+        moves = [*processors["a"].moves, *processors["b"].moves, *projection.moves]
+        assert moves == [torch.device(expected)] * 3, unet_device
