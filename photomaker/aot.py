@@ -352,19 +352,18 @@ class PackageCache:
         shutil.rmtree(self.folder / key, ignore_errors=True)
 
     @contextmanager
-    def adding(self, key: str, about: Mapping[str, Any]) -> Iterator[Path]:
+    def adding(self, key: str, about: Mapping[str, Any]) -> Iterator[Path | None]:
         """A path to write ``key``'s package to; the entry is kept if the block succeeds
         (a failed compile leaves nothing behind), then the oldest entries beyond
         :data:`CACHE_ENTRIES` are removed. A cache folder that cannot be written only costs
-        the cache (a warning): the package is then built in a temporary folder."""
+        the cache (a warning): ``None`` then, and the package goes where it would without one."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             building = Path(tempfile.mkdtemp(prefix=".building-", dir=self.folder))
         except OSError as error:
             logger.warning("the compiled-UNet cache %s cannot be written (%s): not kept",
                            self.folder, error)  # fmt: skip
-            building = Path(tempfile.mkdtemp(prefix="photomaker-aoti-"))
-            yield building / self.PACKAGE
+            yield None
             return
         try:
             yield building / self.PACKAGE
@@ -486,8 +485,8 @@ def compile_unet(
             return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start, True)
     exported = export_unet(pipe.unet, call, shapes)
     if store and package_path is None:
-        with store.adding(key, about(pipe.unet, shapes, device)) as package_path:
-            compiled = compile_exported(exported, str(package_path), weights, device)
+        with store.adding(key, about(pipe.unet, shapes, device)) as path:
+            compiled = compile_exported(exported, path and str(path), weights, device)
     else:
         compiled = compile_exported(exported, package_path, weights=weights, device=device)
     return CompiledUNet(compiled, spec, shapes, time.perf_counter() - start)

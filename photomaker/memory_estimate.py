@@ -15,13 +15,13 @@ activations the measurements showed on top of the weights:
   is the largest: model-offload's measured 5.81 GB less the UNet it held (5.32 GB, with
   PhotoMaker's LoRA factors).
 
-A mode's peak, with *resident* the weights that stay on the GPU and *at once* the most of the
-other weights on it at one time:
-
 The style image's IP-Adapter weights (:func:`detached_style_bytes`) are outside the UNet's
 modules; they are on the GPU during a style-image call, and stay there after it in the modes
 that keep the UNet there. They count with the UNet in full, encoder-offload and
 model-offload, and on top of the share at once in group- and sequential-offload.
+
+A mode's peak, with *resident* the weights that stay on the GPU and *at once* the most of the
+other weights on it at one time:
 
 * ``full``: every weight, plus the untiled decode.
 * ``encoder-offload``: the UNet, a ControlNet and the VAE, plus the larger of an offloaded
@@ -44,14 +44,16 @@ from torch import nn
 
 from .loading import ENCODER_OFFLOAD_RESIDENT
 from .offload_groups import block_modules_for, largest_at_once
+from .settings import AUTO_MEMORY_PEAKS_GB
 
 GB = 1e9
+_MEASURED_GB = dict(AUTO_MEMORY_PEAKS_GB)
 #: Full mode's measured peak less the weights counted for that pipeline (see above).
-ACTIVATIONS_UNTILED_GB = 10.96 - 8.21
+ACTIVATIONS_UNTILED_GB = _MEASURED_GB["full"] - 8.21
 #: Model-offload's measured peak less the UNet it held (see above).
-ACTIVATIONS_TILED_GB = 5.81 - 5.32
-#: The modes estimated, in ``memory auto``'s order (fastest first; fp8 ones are not exact).
-MODES = ("full", "encoder-offload", "model-offload", "group-offload", "sequential-offload")
+ACTIVATIONS_TILED_GB = _MEASURED_GB["model-offload"] - 5.32
+#: The modes estimated: ``memory auto``'s, in its order (fastest first; fp8 ones are not exact).
+MODES = tuple(_MEASURED_GB)
 
 
 def _bytes(tensors: Iterable[Any]) -> int:
@@ -81,15 +83,14 @@ def _largest_layer_bytes(model: nn.Module) -> int:
 
 def detached_style_bytes(pipe: Any) -> int:
     """The style image's IP-Adapter weights (attention processors and image projection):
-    outside the UNet's modules while no style image is in use (photomaker.style_image), so
-    :func:`model_bytes` misses them, but on the GPU from the first style image on."""
+    outside the UNet's modules between style-image calls (photomaker.style_image), so
+    :func:`model_bytes` misses them, but on the GPU during each such call."""
     from .style_image import style_adapter_of
 
     adapter = style_adapter_of(pipe)
     if adapter is None:
         return 0
-    parts = [p for p in adapter.ip_processors.values() if isinstance(p, nn.Module)]
-    parts.append(adapter.image_projection)
+    parts = [*adapter.ip_processors.values(), adapter.image_projection]
     return sum(model_bytes(part) for part in parts if isinstance(part, nn.Module))
 
 
@@ -107,10 +108,13 @@ def estimate_peaks_gb(pipe: Any, style_bytes: int | None = None) -> dict[str, fl
     style = detached_style_bytes(pipe) if style_bytes is None else style_bytes
     if "unet" in sizes:  # where the style image's weights compute
         sizes["unet"] += style
-    offloaded = [model for name, model in models.items() if name not in ENCODER_OFFLOAD_RESIDENT]
+    shares = {name: _at_once_bytes(model) for name, model in models.items()}  # one replay each
     resident = sum(size for name, size in sizes.items() if name in ENCODER_OFFLOAD_RESIDENT)
-    largest_share = max((_at_once_bytes(m) for m in models.values()), default=0)
-    encoder_share = max((_at_once_bytes(m) for m in offloaded), default=0)
+    largest_share = max(shares.values(), default=0)
+    encoder_share = max(
+        (share for name, share in shares.items() if name not in ENCODER_OFFLOAD_RESIDENT),
+        default=0,
+    )
     tiled = ACTIVATIONS_TILED_GB * GB
     peaks = {
         "full": sum(sizes.values()) + ACTIVATIONS_UNTILED_GB * GB,

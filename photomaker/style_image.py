@@ -127,11 +127,8 @@ def _set_ip(pipe: Any, adapter: StyleAdapter) -> None:
     # Detached, the IP-Adapter's parts did not follow the pipeline's moves (pipe.to, the
     # offload hooks): they go to the device the pipeline computes on. Their dtype is the one
     # they were loaded in (the run dtype; fp8 storage, set up later, never touched them).
-    unet, device = pipe.unet, pipe._execution_device
-    for processor in adapter.ip_processors.values():
-        if hasattr(processor, "to"):
-            processor.to(device=device)
-    adapter.image_projection.to(device=device)
+    unet = pipe.unet
+    _move(adapter, pipe._execution_device)
     unet.set_attn_processor(dict(adapter.ip_processors))
     unet.encoder_hid_proj = adapter.image_projection
     unet.config.encoder_hid_dim_type = IP_HID_TYPE
@@ -172,7 +169,12 @@ def _follow_the_unet(pipe: Any, adapter: StyleAdapter) -> None:
     home = pipe.unet.device
     if home.type == "meta":  # sequential offload keeps the weights elsewhere: the CPU then
         home = torch.device("cpu")
+    _move(adapter, home)
+
+
+def _move(adapter: StyleAdapter, device: Any) -> None:
+    """The IP-Adapter's parts, detached from the UNet's modules, to ``device``."""
     for processor in adapter.ip_processors.values():
         if hasattr(processor, "to"):
-            processor.to(device=home)
-    adapter.image_projection.to(device=home)
+            processor.to(device=device)
+    adapter.image_projection.to(device=device)
