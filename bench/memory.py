@@ -196,6 +196,10 @@ def peak_estimates() -> dict:
     return {
         "plain": estimate_peaks_gb(pipes["plain"], style_bytes=0),
         "defaults": estimate_peaks_gb(pipes["defaults"], style_bytes=model_bytes(ip_adapter)),
+        # --style-adapter none: the defaults less the style image's encoder and IP-Adapter
+        "without_style_image": estimate_peaks_gb(
+            pipes["defaults"], style_bytes=0, leave_out=("image_encoder",)
+        ),
         "optional_gb": {
             "style image encoder": model_bytes(extended["image_encoder"]) / GB,
             "IP-Adapter weights (its attention and image projection)": model_bytes(ip_adapter)
@@ -207,6 +211,13 @@ def peak_estimates() -> dict:
             / GB,
         },
     }
+
+
+def auto_margin_gb() -> float:
+    """The room ``memory auto`` leaves beside a mode's estimated peak."""
+    from photomaker.settings import AUTO_MEMORY_MARGIN_GB
+
+    return AUTO_MEMORY_MARGIN_GB
 
 
 def weights(bytes_per_parameter: int = 2) -> dict:
@@ -449,17 +460,23 @@ def markdown(data: dict) -> str:
         lines += [f"- {name}: {gb:.2f} GB" for name, gb in p["optional_gb"].items()]
         lines += [
             "",
-            "| Mode | SDXL + PhotoMaker V2, GB | with the default optional models, GB |",
-            "|---|---:|---:|",
+            "| Mode | SDXL + PhotoMaker V2, GB | with the default optional models, GB |"
+            " the same without the style image, GB |",
+            "|---|---:|---:|---:|",
         ]
+        lean = p["without_style_image"]
         for mode, plain in p["plain"].items():
-            lines.append(f"| {mode} | {plain:.2f} | {p['defaults'][mode]:.2f} |")
+            lines.append(
+                f"| {mode} | {plain:.2f} | {p['defaults'][mode]:.2f} | {lean[mode]:.2f} |"
+            )
+        margin = data["auto_margin_gb"]
         lines += [
             "",
-            "`memory auto` takes the first of these modes whose estimated peak plus 1 GB fits in",
-            "the GPU's free memory at start-up, reading the pipeline it actually loaded (so",
-            "`--style-adapter none` or `--doodle-adapter none` bring `full` within reach of",
-            "smaller cards).",
+            f"`memory auto` takes the first of these modes whose estimated peak plus {margin:g} GB",
+            "fits in the GPU's free memory at start-up, reading the pipeline it actually loaded",
+            "(so `--style-adapter none` or `--doodle-adapter none` bring the faster modes within",
+            "reach of smaller cards; where the style image alone keeps a faster mode out, the",
+            "log says so).",
             "",
         ]
     lines += [
@@ -498,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights": weights(),
         "peaks": peak_estimates(),
+        "auto_margin_gb": auto_margin_gb(),
     }
     if not args.no_processes:
         with tempfile.TemporaryDirectory(prefix="photomaker-bench-memory-") as tmp:

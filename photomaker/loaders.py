@@ -253,7 +253,7 @@ class PhotoMakerLoaderMixin:
         """Remove a previously loaded PhotoMaker LoRA (unfusing it first if it was fused)."""
         if PHOTOMAKER_ADAPTER not in self.adapter_names():
             return
-        if self.num_fused_loras:
+        if self.lora_fused_in_unet():
             self.unfuse_lora(components=["unet"])
         self.delete_adapters(PHOTOMAKER_ADAPTER)
 
@@ -263,10 +263,23 @@ class PhotoMakerLoaderMixin:
         The run-time way to change the mix: ``pipe.fuse_adapters(["photomaker", "style"],
         [1.0, 0.6])``. Fused adapters cost no extra work per denoising step.
         """
-        if self.num_fused_loras:
+        if self.lora_fused_in_unet():
             self.unfuse_lora(components=["unet"])
         self.set_adapters(adapter_names, adapter_weights=adapter_weights)
         self.fuse_lora(components=["unet"], adapter_names=adapter_names)
+
+    def lora_fused_in_unet(self) -> bool:
+        """Whether a LoRA is merged into the UNet's weights, read off its PEFT layers.
+
+        Not diffusers' ``num_fused_loras``: that counts on the pipeline object, so a pipeline
+        built from another's components (``cls(**pipe.components)``) shares the fused UNet but
+        counts 0, and loading the adapter there would fuse PhotoMaker's LoRA a second time."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return any(
+            isinstance(module, BaseTunerLayer) and module.merged_adapters
+            for module in self.unet.modules()
+        )
 
     def adapter_names(self) -> set[str]:
         """Names of the LoRA adapters loaded into the UNet."""

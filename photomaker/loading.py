@@ -18,10 +18,13 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from .errors import PhotoMakerInputError
@@ -31,6 +34,63 @@ from .settings import CUDA_GRAPH_COMPILE_MODES, Settings, on_zerogpu
 logger = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+#: What a model that cannot be had raises: not found, offline, no access (huggingface_hub's
+#: errors are OSErrors), not a repo id or a path (ValueError), a download cut off (httpx).
+_UNAVAILABLE = (OSError, ValueError, httpx.HTTPError)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost cause: diffusers' own message only says to look at the stack trace."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:  # a chain can loop back on itself
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+def _offline(error: BaseException) -> bool:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx.TransportError))
+
+
+@contextmanager
+def model_errors(what: str, location: str, flag: str, hint: str = "") -> Iterator[None]:
+    """A model that cannot be loaded is a :class:`PhotoMakerInputError` that names it, the
+    setting to change and the cause (the root one), not a library's traceback; ``hint`` is
+    the model's own last word (what its setting's ``none`` does, where its parts go)."""
+    try:
+        yield
+    except PhotoMakerInputError:
+        raise
+    except _UNAVAILABLE as error:
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        cause = _root_cause(error)
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        reason = f"{type(cause).__name__}: {reason}"[:300]
+        setting = f"{flag} (or {'PHOTOMAKER_' + flag.lstrip('-').upper().replace('-', '_')})"
+        if isinstance(cause, (GatedRepoError, RepositoryNotFoundError)):
+            advice = (
+                "The repo is gated, private or misspelt: accept its licence on the Hub and give "
+                "a token with access (HF_TOKEN; on a Space, a secret), or check the name"
+            )
+        elif _offline(cause):
+            advice = (
+                "It is not in the local Hugging Face cache and cannot be downloaded here "
+                "(offline, or HF_HUB_OFFLINE is set): download it once with network access, or "
+                f"give {setting} a local folder or file"
+            )
+        else:
+            advice = f"Give {setting} a hub id, a diffusers folder or a file that holds one"
+        hint = f" {hint}." if hint else ""
+        raise PhotoMakerInputError(
+            f"Could not load the {what} {location!r} ({reason}). {advice}.{hint}"
+        ) from error
 
 
 def load_base_pipeline(settings: Settings) -> Any:
@@ -46,8 +106,9 @@ def load_base_pipeline(settings: Settings) -> Any:
                 f"Base model file {settings.base_model} does not exist. Give a hub id "
                 "(e.g. SG161222/RealVisXL_V4.0), a diffusers folder or an SDXL .safetensors file."
             )
-        return PhotoMakerStableDiffusionXLPipeline.from_single_file(location, torch_dtype=dtype)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+        with model_errors("SDXL base model", settings.base_model, "--base-model"):
+            return PhotoMakerStableDiffusionXLPipeline.from_single_file(location, dtype=dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if os.path.isdir(location):
         if not os.path.isfile(os.path.join(location, "model_index.json")):
             raise PhotoMakerInputError(
@@ -56,17 +117,20 @@ def load_base_pipeline(settings: Settings) -> Any:
             )
     else:
         location = settings.base_model
-    if dtype == torch.float16 or dtype == torch.bfloat16:
-        # Half the download and no fp32 → fp16 cast at load, where the repo has the variant.
-        try:
-            return PhotoMakerStableDiffusionXLPipeline.from_pretrained(
-                location, variant="fp16", **kwargs
-            )
-        except (ValueError, OSError) as error:
-            if "variant" not in str(error).lower() and "fp16" not in str(error):
-                raise
-            logger.info("no fp16 variant of %s; loading the default weights", settings.base_model)
-    return PhotoMakerStableDiffusionXLPipeline.from_pretrained(location, **kwargs)
+    with model_errors("SDXL base model", settings.base_model, "--base-model"):
+        if dtype == torch.float16 or dtype == torch.bfloat16:
+            # Half the download and no fp32 → fp16 cast at load, where the repo has the variant.
+            try:
+                return PhotoMakerStableDiffusionXLPipeline.from_pretrained(
+                    location, variant="fp16", **kwargs
+                )
+            except (ValueError, OSError) as error:
+                if "variant" not in str(error).lower() and "fp16" not in str(error):
+                    raise
+                logger.info(
+                    "no fp16 variant of %s; loading the default weights", settings.base_model
+                )
+        return PhotoMakerStableDiffusionXLPipeline.from_pretrained(location, **kwargs)
 
 
 def load_adapter(pipe: Any, settings: Settings) -> Any:
@@ -97,7 +161,14 @@ def load_style_lora(pipe: Any, settings: Settings) -> Any:
     logger.info(
         "loading the style LoRA %s (weight %s)", settings.style_lora, settings.style_lora_weight
     )
-    pipe.load_lora_weights(location, adapter_name="style", **kwargs)
+    with model_errors("style LoRA", settings.style_lora, "--style-lora"), warnings.catch_warnings():
+        # A second adapter beside PhotoMaker's is what this means (PEFT warns of one), and
+        # PhotoMaker's fused LoRA comes out of the weights first (PEFT would unfuse it itself,
+        # with a warning); fuse_adapters puts both back in below.
+        warnings.filterwarnings("ignore", r"Already found a `peft_config`", UserWarning)
+        if pipe.lora_fused_in_unet():
+            pipe.unfuse_lora(components=["unet"])
+        pipe.load_lora_weights(location, adapter_name="style", **kwargs)
     # Fused at its weight next to PhotoMaker's: no per-step cost (pipe.fuse_adapters to change).
     pipe.fuse_adapters(["photomaker", "style"], [1.0, settings.style_lora_weight])
     return pipe
@@ -110,9 +181,10 @@ def load_fp16_vae(pipe: Any, settings: Settings) -> Any:
     from diffusers import AutoencoderKL
 
     logger.info("loading the fp16-safe VAE %s", settings.vae_fp16_fix)
-    vae = AutoencoderKL.from_pretrained(
-        os.path.expanduser(settings.vae_fp16_fix), torch_dtype=settings.resolved_dtype()
-    )
+    with model_errors("fp16-safe VAE", settings.vae_fp16_fix, "--vae-fp16-fix"):
+        vae = AutoencoderKL.from_pretrained(
+            os.path.expanduser(settings.vae_fp16_fix), dtype=settings.resolved_dtype()
+        )
     vae.register_to_config(force_upcast=False)
     pipe.vae = vae
     pipe.register_modules(vae=vae)
@@ -161,11 +233,31 @@ def place(pipe: Any, settings: Settings) -> Any:
     if peaks is not None:
         note = f"an estimated {peaks[mode]:.1f} GB peak; {settings.gpu_memory_note()}"
         logger.info("memory auto: %s (%s)", mode, note)
+        _say_what_the_style_image_costs(pipe, settings, mode)
     elif settings.memory == "auto":
         logger.info("memory auto: %s", mode)
     if device == "cpu" and mode not in RESIDENT_MODES:
         mode = "fp8" if mode in FP8_MODES else "full"
     return apply_memory_mode(pipe, mode, device, settings.resolved_dtype())
+
+
+def _say_what_the_style_image_costs(pipe: Any, settings: Settings, mode: str) -> None:
+    """Where the style image's models alone push ``memory auto`` to a slower mode (an 8 GB
+    card: group-offload rather than encoder-offload), the log names the faster one and the
+    setting that reaches it."""
+    from .memory_estimate import MODES, peaks_without_style_image
+
+    lean = peaks_without_style_image(pipe)
+    if lean is None:
+        return
+    lean_mode = settings.resolved_memory(lean)
+    if MODES.index(lean_mode) < MODES.index(mode):
+        logger.info(
+            "memory auto: without the style image (--style-adapter none), %s would fit "
+            "(an estimated %.1f GB peak)",
+            lean_mode,
+            lean[lean_mode],
+        )
 
 
 #: The memory modes that keep every model on the device (``pipe.to``), no offload hooks.
@@ -404,34 +496,30 @@ def compile_ahead_of_time(pipe: Any, settings: Settings) -> Any:
     return pipe
 
 
-def load_model(model_class: Any, location: str, dtype: torch.dtype, what: str) -> Any:
+def load_model(
+    model_class: Any, location: str, dtype: torch.dtype, what: str, flag: str, hint: str = ""
+) -> Any:
     """A diffusers model (``T2IAdapter``, ``ControlNetModel``) from a hub id, a folder or
     (where the class reads one) a single ``.safetensors`` file, in ``dtype``.
 
     Half-precision dtypes try the repo's ``fp16`` variant first (half the download), then
     the default weights, as :func:`load_base_pipeline` does. A model that cannot be found is
-    a :class:`PhotoMakerInputError` naming the setting to change."""
+    a :class:`PhotoMakerInputError` naming the setting to change (:func:`model_errors`)."""
     path = os.path.expanduser(location)
-    try:
+    with model_errors(what, location, flag, hint):
         if path.lower().endswith(SINGLE_FILE_SUFFIXES):
             if not os.path.isfile(path) or not hasattr(model_class, "from_single_file"):
                 raise OSError(f"{location} is not a file {model_class.__name__} can read")
-            return model_class.from_single_file(path, torch_dtype=dtype)
+            return model_class.from_single_file(path, dtype=dtype)
         location = path if os.path.isdir(path) else location
         if dtype in (torch.float16, torch.bfloat16):
             try:
-                return model_class.from_pretrained(location, torch_dtype=dtype, variant="fp16")
+                return model_class.from_pretrained(location, dtype=dtype, variant="fp16")
             except (ValueError, OSError) as error:
                 if "variant" not in str(error).lower() and "fp16" not in str(error):
                     raise
                 logger.info("no fp16 variant of %s; loading the default weights", location)
-        return model_class.from_pretrained(location, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise PhotoMakerInputError(
-            f"Could not load the {what} {location!r} ({error}). Give a hub id that is in the "
-            "Hugging Face cache or can be downloaded, or a diffusers folder (config.json and "
-            "weights)."
-        ) from error
+        return model_class.from_pretrained(location, dtype=dtype)
 
 
 def load_doodle_adapter(settings: Settings) -> Any | None:
@@ -452,11 +540,12 @@ def load_doodle_adapter(settings: Settings) -> Any | None:
     from diffusers import T2IAdapter
 
     logger.info("loading the doodle adapter %s", location)
-    message = "doodle adapter (--doodle-adapter; 'none' turns the doodle off)"
+    args = (T2IAdapter, location, settings.resolved_dtype(), "doodle adapter", "--doodle-adapter")
+    hint = "--doodle-adapter none turns the doodle off"
     if settings.doodle_adapter_required:
-        return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+        return load_model(*args, hint=hint)
     try:
-        return load_model(T2IAdapter, location, settings.resolved_dtype(), message)
+        return load_model(*args, hint=hint)
     except Exception as error:  # optional: any failure (offline, no access) turns it off
         logger.warning(
             "the doodle is off: the default doodle adapter %s could not be loaded (%s). "
@@ -481,7 +570,7 @@ def load_controlnet(settings: Settings) -> Any | None:
 
     logger.info("loading the ControlNet %s", settings.controlnet)
     dtype = settings.resolved_dtype()
-    return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet (--controlnet)")
+    return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet", "--controlnet")
 
 
 def tiny_fast_lora_file(settings: Settings) -> Path:
@@ -514,14 +603,9 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
             pipe, str(tiny_fast_lora_file(settings)), mode=mode, fuse=settings.fast_fuse
         )
     if settings.fast_lora_required:
-        try:
+        hint = "It may also be owner/repo/file.safetensors; --fast-lora none hides the mode"
+        with model_errors("fast LoRA", location, "--fast-lora", hint):
             return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
-        except (OSError, ValueError) as error:
-            raise PhotoMakerInputError(
-                f"Could not load the fast LoRA {location!r} ({error}). Give a hub id or "
-                "owner/repo/file.safetensors that is in the Hugging Face cache or can be "
-                "downloaded, a folder or a .safetensors file; --fast-lora none hides the mode."
-            ) from error
     try:
         return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
     except Exception as error:  # optional: any failure (offline, no access) hides the mode
@@ -562,15 +646,12 @@ def load_style_adapter(pipe: Any, settings: Settings) -> Any | None:
         with without_transformers_progress_bars():
             return style_image.attach_style_adapter(pipe, str(tiny_style_adapter_file(settings)))
     if settings.style_adapter_required:
-        try:
+        hint = (
+            "A hub location is owner/repo/subfolder/file, with its image encoder in "
+            "image_encoder/ beside the file; --style-adapter none turns the style image off"
+        )
+        with model_errors("style image's IP-Adapter", location, "--style-adapter", hint):
             return style_image.attach_style_adapter(pipe, location)
-        except (OSError, ValueError) as error:
-            raise PhotoMakerInputError(
-                f"Could not load the style image's IP-Adapter {location!r} ({error}). Give "
-                "owner/repo/subfolder/file in the Hugging Face cache or downloadable, a folder "
-                "or a file (its image encoder in image_encoder/ beside it); --style-adapter "
-                "none turns the style image off."
-            ) from error
     try:
         return style_image.attach_style_adapter(pipe, location)
     except Exception as error:  # optional: any failure (offline, no access) turns it off
@@ -610,8 +691,27 @@ def add_structure_control(pipe: Any, settings: Settings) -> Any:
     return PhotoMakerStableDiffusionXLAdapterPipeline.from_photomaker_pipe(pipe, adapter=adapter)
 
 
+def check_device(settings: Settings) -> None:
+    """``--device cuda`` (or ``mps``) where PyTorch has none is said before any model loads,
+    not as torch's ``AssertionError: Torch not compiled with CUDA enabled`` after."""
+    device = settings.resolved_device()
+    if device == "cuda" and not (on_zerogpu() or torch.cuda.is_available()):
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise PhotoMakerInputError(
+            f"--device cuda, but PyTorch sees no CUDA GPU (torch {torch.__version__}, {build}). "
+            "Use --device auto (or cpu), or install PyTorch's CUDA build and the GPU's driver."
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if device == "mps" and not (mps is not None and mps.is_available()):
+        raise PhotoMakerInputError(
+            "--device mps, but PyTorch sees no Apple GPU (MPS needs macOS 12.3+ on Apple "
+            "silicon). Use --device auto (or cpu)."
+        )
+
+
 def build_pipeline(settings: Settings) -> Any:
     """The ready pipeline for these settings."""
+    check_device(settings)
     quiet_library_notices()  # before diffusers' pipelines import (photomaker/library_notices.py)
     if settings.tiny:
         from .tiny import build_tiny_pipeline

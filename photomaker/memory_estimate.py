@@ -37,7 +37,7 @@ Estimates, not measurements: fragmentation and cuBLAS's workspaces are left to
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from torch import nn
@@ -99,11 +99,14 @@ def models_of(pipe: Any) -> dict[str, nn.Module]:
     return {name: c for name, c in pipe.components.items() if isinstance(c, nn.Module)}
 
 
-def estimate_peaks_gb(pipe: Any, style_bytes: int | None = None) -> dict[str, float]:
+def estimate_peaks_gb(
+    pipe: Any, style_bytes: int | None = None, leave_out: Collection[str] = ()
+) -> dict[str, float]:
     """Each of :data:`MODES` → its estimated peak VRAM in GB for one 1024² image.
     ``style_bytes``: the style image's detached weights, when not read from ``pipe``
-    (:func:`detached_style_bytes`; bench/memory.py counts them on the meta device)."""
-    models = models_of(pipe)
+    (:func:`detached_style_bytes`; bench/memory.py counts them on the meta device).
+    ``leave_out``: components counted as if the pipeline had not loaded them."""
+    models = {name: m for name, m in models_of(pipe).items() if name not in leave_out}
     sizes = {name: model_bytes(model) for name, model in models.items()}
     style = detached_style_bytes(pipe) if style_bytes is None else style_bytes
     if "unet" in sizes:  # where the style image's weights compute
@@ -126,3 +129,13 @@ def estimate_peaks_gb(pipe: Any, style_bytes: int | None = None) -> dict[str, fl
         + tiled,
     }
     return {mode: round(peaks[mode] / GB, 2) for mode in MODES}
+
+
+def peaks_without_style_image(pipe: Any) -> dict[str, float] | None:
+    """:func:`estimate_peaks_gb` as if the style image were off (``--style-adapter none``): its
+    image encoder (3.7 GB at full size) and IP-Adapter weights (0.7 GB) left out; ``None``
+    when it is off already. On an 8 GB card they are what keeps encoder-offload out of
+    ``memory auto``'s reach, so the log says what turning them off would give."""
+    if detached_style_bytes(pipe) == 0:
+        return None
+    return estimate_peaks_gb(pipe, style_bytes=0, leave_out=("image_encoder",))

@@ -315,7 +315,8 @@ FIELDS: tuple[Field, ...] = (
         "max_photo_megapixels",
         float,
         40.0,
-        "Largest photo accepted, in megapixels, read from the file header before decoding.",
+        "Most pixels a photo may need decoded, in megapixels, checked from the file header "
+        "before decoding (a large JPEG counts at the reduced scale it is decoded at).",
     ),
     Field(
         "host",
@@ -397,7 +398,7 @@ def _convert(field: Field, raw: Any, source: str) -> Any:
         value = field.type(raw)
     except (TypeError, ValueError):
         raise PhotoMakerInputError(
-            f"{source}: expected a {field.type.__name__}, got {raw!r}."
+            f"{source}: expected {_KIND_NAMES.get(field.type, field.type.__name__)}, got {raw!r}."
         ) from None
     if field.choices and value not in field.choices:
         raise PhotoMakerInputError(f"{source}: {value!r} is not one of {', '.join(field.choices)}.")
@@ -613,7 +614,7 @@ class Settings:
             return False
         import torch
 
-        return torch.cuda.is_available()  # --device cuda without one: placing says so
+        return torch.cuda.is_available()  # --device cuda without one: check_device says so
 
     def resolved_memory(self, peaks: Mapping[str, float] | None = None) -> str:
         """The memory mode; ``auto`` picks by the GPU's free memory when it is first asked
@@ -712,8 +713,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+#: How a setting's type reads in a message.
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+
+
 def build_parser(**kwargs: Any) -> argparse.ArgumentParser:
-    kwargs.setdefault("description", "PhotoMaker settings")
+    kwargs.setdefault(
+        "description",
+        "The PhotoMaker web app (Gradio). Every setting is a flag here and a PHOTOMAKER_* "
+        "environment variable; a flag wins over the variable, which wins over the default.",
+    )
     return add_arguments(argparse.ArgumentParser(**kwargs))
 
 

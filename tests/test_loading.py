@@ -4,6 +4,7 @@ modes (VAE slicing and 512-px tiles), --compile, and the fused style LoRA."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -38,7 +39,11 @@ def base_folder(tmp_path_factory):
 
 def test_fp16_variant_is_used_when_the_repo_has_it(base_folder):
     settings = Settings(base_model=str(base_folder / "with-variant"), device="cpu", dtype="float16")
-    pipe = load_base_pipeline(settings)
+    with warnings.catch_warnings(record=True) as caught:  # the suite ignores FutureWarnings
+        warnings.simplefilter("always")
+        pipe = load_base_pipeline(settings)
+    # diffusers 0.42 deprecates torch_dtype= (a FutureWarning on every real start): dtype=
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
     assert pipe.unet.dtype == torch.float16
     assert torch.all(pipe.unet.conv_in.bias == 0.25)
 
@@ -52,6 +57,47 @@ def test_without_the_variant_the_default_weights_load(base_folder, caplog):
     # fp32 loads never ask for the variant
     pipe = load_base_pipeline(Settings(base_model=str(base_folder / "with-variant"), device="cpu"))
     assert pipe.unet.dtype == torch.float32 and not torch.all(pipe.unet.conv_in.bias == 0.25)
+
+
+@pytest.mark.parametrize(
+    "base, reason",
+    [
+        ("nobody/no-such-sdxl", "not in the local Hugging Face cache and cannot be downloaded"),
+        ("~/no/such/folder", "Give --base-model (or PHOTOMAKER_BASE_MODEL) a hub id"),
+    ],
+)
+def test_a_base_model_that_cannot_be_had_is_named_with_its_flag(base, reason):
+    """Offline (HF_HUB_OFFLINE, as in every test) and a path that is nothing: the message
+    names the model, the flag and the root cause, where diffusers' says to read the trace."""
+    with pytest.raises(PhotoMakerInputError) as err:
+        load_base_pipeline(Settings(base_model=base, device="cpu"))
+    message = str(err.value)
+    assert (
+        message.startswith(f"Could not load the SDXL base model {base!r} (") and reason in message
+    )
+    assert "stacktrace" not in message
+
+
+def test_a_style_lora_that_cannot_be_read_is_named_with_its_flag(tmp_path):
+    not_a_lora = tmp_path / "photo.safetensors"
+    not_a_lora.write_bytes(b"not safetensors")
+    for location in (str(not_a_lora), "nobody/no-such-lora"):
+        with pytest.raises(
+            PhotoMakerInputError, match=r"Could not load the style LoRA .*--style-lora"
+        ):
+            build_pipeline(Settings(tiny=True, style_lora=location))
+
+
+def test_a_device_the_machine_lacks_is_said_before_anything_loads(monkeypatch):
+    from photomaker import tiny
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(tiny, "build_tiny_pipeline", lambda **kw: pytest.fail("models loaded"))
+    with pytest.raises(PhotoMakerInputError, match=r"--device cuda, but PyTorch sees no CUDA"):
+        build_pipeline(Settings(tiny=True, device="cuda"))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(PhotoMakerInputError, match=r"--device mps, but PyTorch sees no Apple"):
+        build_pipeline(Settings(tiny=True, device="mps"))
 
 
 def test_fp16_safe_vae_replaces_the_vae_and_skips_the_upcast(base_folder, tmp_path):

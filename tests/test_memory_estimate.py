@@ -39,6 +39,14 @@ def test_the_estimate_gives_the_measured_peaks_and_weighs_the_default_optional_m
     assert pick_memory_mode(12.4) == "full"  # SDXL + PhotoMaker alone
     assert pick_memory_mode(12.4, peaks=defaults) == "encoder-offload"
     assert pick_memory_mode(20.0, peaks=defaults) == "full"
+    # An 8 GB card with the desktop on it (7.5 GB free): the style image's models alone keep
+    # encoder-offload out of reach; without them (--style-adapter none) it fits.
+    lean = full_size["without_style_image"]
+    assert defaults["full"] - lean["full"] == pytest.approx(
+        optional["style image encoder"] + ip_adapter, abs=0.02
+    )
+    assert pick_memory_mode(7.5, peaks=defaults) == "group-offload"
+    assert pick_memory_mode(7.5, peaks=lean) == "encoder-offload"
 
 
 def test_the_tiny_pipelines_estimate_counts_what_each_mode_keeps():
@@ -68,7 +76,7 @@ def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request, caplog):
     assert Settings(device="cuda", memory="full").resolved_memory(estimates) == "full"
     # place() estimates from the pipeline it places and logs what it chose and why.
     pipe = loading.build_pipeline(Settings(tiny=True, fast_lora="none", doodle_adapter="none"))
-    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", lambda p: estimates)
+    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", lambda p, **kw: estimates)
     placed = []
     monkeypatch.setattr(loading, "apply_memory_mode", lambda p, mode, *a: placed.append(mode))
     with caplog.at_level(logging.INFO, logger="photomaker.loading"):
@@ -77,3 +85,47 @@ def test_memory_auto_reads_the_pipeline_it_loaded(monkeypatch, request, caplog):
     assert "memory auto: encoder-offload (an estimated 6.9 GB peak; 12.4 of 12.9 GB free" in (
         caplog.text
     )
+    assert "without the style image" not in caplog.text  # same mode without it: nothing to say
+
+
+def test_the_log_says_when_the_style_image_alone_keeps_a_faster_mode_out(
+    monkeypatch, request, caplog
+):
+    """A card with 7.5 GB free: group-offload with the style image's models; encoder-offload
+    would fit without them, and the log names the setting."""
+    request.addfinalizer(gpu_memory_at_start.cache_clear)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (int(7.5e9), 8 * 2**30))
+    gpu_memory_at_start.cache_clear()
+    pipe = loading.build_pipeline(Settings(tiny=True, fast_lora="none", doodle_adapter="none"))
+    with_style = {"full": 15.7, "encoder-offload": 6.9, "model-offload": 6.7,
+                  "group-offload": 1.7, "sequential-offload": 1.3}  # fmt: skip
+    without = {**with_style, "full": 11.3, "encoder-offload": 6.2, "model-offload": 6.0}
+    asked = []
+
+    def estimate(p, style_bytes=None, leave_out=()):
+        asked.append((style_bytes, tuple(leave_out)))
+        return without if leave_out else with_style
+
+    monkeypatch.setattr(memory_estimate, "estimate_peaks_gb", estimate)
+    placed = []
+    monkeypatch.setattr(loading, "apply_memory_mode", lambda p, mode, *a: placed.append(mode))
+    with caplog.at_level(logging.INFO, logger="photomaker.loading"):
+        loading.place(pipe, Settings(device="cuda"))
+    assert placed == ["group-offload"]
+    assert asked == [(None, ()), (0, ("image_encoder",))]
+    assert (
+        "memory auto: without the style image (--style-adapter none), encoder-offload would fit "
+        "(an estimated 6.2 GB peak)"
+    ) in caplog.text
+    # Off already: no second estimate, nothing said.
+    caplog.clear()
+    asked.clear()
+    plain = loading.build_pipeline(
+        Settings(tiny=True, fast_lora="none", doodle_adapter="none", style_adapter="none")
+    )
+    with caplog.at_level(logging.INFO, logger="photomaker.loading"):
+        loading.place(plain, Settings(device="cuda", style_adapter="none"))
+    assert asked == [(None, ())]
+    assert "without the style image" not in caplog.text
