@@ -85,8 +85,8 @@ class FaceReport:
     num_faces: int
     bbox: tuple[float, float, float, float] | None
     score: float | None
-    embedding: np.ndarray | None
-    crop: Image.Image | None
+    embedding: np.ndarray | None = field(repr=False)  # 512 floats: not for a log line
+    crop: Image.Image | None = field(repr=False)
     message: str
     det_size: int | None = None
 

@@ -37,8 +37,8 @@ Design, and why (measured by ``bench/fast_mode.py``, see ``bench/results-fast.md
   or float8-stored weights are never fused.
 
 The style strength keeps its meaning (share of the steps before the identity comes in):
-with 8 steps, ``merge_step(20, 8)`` is step 1, so step 0 is text-only and steps 1–7 see the
-identity.
+with 8 steps, ``merge_step(20, 8)`` is 1, so steps 0 and 1 are text-only (the official
+pipeline's ``i <= start_merge_step``) and steps 2–7 see the identity.
 
 No real weights exist where this project is tested: the fast mode's pictures have not been
 judged here. What the tests prove is the wiring, the step counts, the FLOPs and the exactness

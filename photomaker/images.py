@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ DEFAULT_MAX_MEGAPIXELS = 40.0
 #: Shortest side, in pixels after the downscale to ``max_side``, of an ID photo: thinner
 #: slivers crash the face detector and hold no face anyway.
 MIN_SIDE = 32
-FORMATS_HINT = "use a JPEG, PNG, WebP, HEIC or AVIF photo"
+FORMATS_HINT = "use a JPEG, PNG, WebP, HEIC or AVIF image"
 
 _WHITE = (255, 255, 255)
 
@@ -164,14 +165,18 @@ def _open(source: ImageSource) -> Image.Image:
         return _open(source[0])  # a Gradio gallery item: (image, caption)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
-            raise PhotoMakerInputError("is empty; upload the photo again")
+            raise PhotoMakerInputError("is empty; upload it again")
         stream: Any = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise PhotoMakerInputError("is a folder, not an image file; name the image files")
         if not path.is_file():
-            raise PhotoMakerInputError("was not found (it may have been removed); upload it again")
+            raise PhotoMakerInputError(
+                "was not found (in the app: it may have been removed; upload it again)"
+            )
         if path.stat().st_size == 0:
-            raise PhotoMakerInputError("is empty (0 bytes); upload the photo again")
+            raise PhotoMakerInputError("is empty (0 bytes); upload it again")
         stream = path
     elif hasattr(source, "read"):
         stream = source
@@ -187,6 +192,12 @@ def _scaled_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def _megapixels(pixels: int) -> str:
+    """``144``, ``12``, ``0.26``: whole above 10, two figures below (not ``0`` for a small one)."""
+    value = pixels / 1e6
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _check_pixels(
     decoded: tuple[int, int], max_megapixels: float | None, header: tuple[int, int]
 ) -> None:
@@ -195,8 +206,8 @@ def _check_pixels(
         return
     width, height = header
     raise PhotoMakerInputError(
-        f"is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels); the limit is "
-        f"{max_megapixels:g} megapixels. Use a smaller photo (a phone photo is about 12)"
+        f"is {width}×{height} pixels ({_megapixels(width * height)} megapixels); the limit is "
+        f"{max_megapixels:g} megapixels. Use a smaller image (a phone photo is about 12)"
     )
 
 
@@ -231,10 +242,10 @@ def _too_large(
     name: str, exc: Image.DecompressionBombError, max_megapixels: float | None
 ) -> PhotoMakerInputError:
     found = re.search(r"\((\d+) pixels\)", str(exc))
-    size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+    size = f" ({_megapixels(int(found.group(1)))} megapixels)" if found else ""
     limit = f"; the limit is {max_megapixels:g} megapixels" if max_megapixels else ""
     return PhotoMakerInputError(
-        f"{name} is too large to open safely{size}{limit}. Use a smaller photo (a phone photo "
+        f"{name} is too large to open safely{size}{limit}. Use a smaller image (a phone photo "
         "is about 12)."
     )
 
@@ -276,7 +287,9 @@ def load_image(
     """
     name = _describe(source)
     try:
-        image = _open(source)
+        with warnings.catch_warnings():  # the limit is checked below, at the decoded size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open(source)
         header_size = image.size
         _check_sides(header_size, max_side, min_side)
         _reduce_jpeg(image, max_side)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,21 @@ def call_docstring(summary: str, *extra_args: str) -> str:
     (sections written like :data:`SDXL_ARGS_DOC`)."""
     args = "".join([SDXL_ARGS_DOC, PHOTOMAKER_ARGS_DOC, *extra_args])
     return f"{summary}\n\nArgs:\n{args}{CALL_RETURNS_DOC}"
+
+
+def prompt_batch_size(
+    prompt: str | Sequence[str] | None,
+    prompt_embeds: torch.Tensor | None = None,
+    prompt_embeds_text_only: torch.Tensor | None = None,
+) -> int:
+    """How many prompts a call has: the prompts', else the given embeddings' rows (the
+    Adapter and ControlNet variants match one control image per prompt against it)."""
+    if isinstance(prompt, str):
+        return 1
+    if prompt is not None:
+        return len(prompt)
+    embeds = prompt_embeds if prompt_embeds is not None else prompt_embeds_text_only
+    return embeds.shape[0] if embeds is not None else 1
 
 
 def _as_batch(text: str | list[str] | None, batch_size: int, name: str) -> list[str] | None:
@@ -423,11 +439,15 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
 
         Runs on the CPU, so a caller (the app on ZeroGPU) can do it before the GPU part and
         send the small tensor instead of the photos."""
+        if isinstance(input_id_images, torch.Tensor) and input_id_images.ndim == 4:
+            input_id_images = list(input_id_images)  # preprocess_id_images' own [N, 3, H, W]
         images = list(input_id_images) if isinstance(input_id_images, (list, tuple)) else [input_id_images]
         if not images:
             raise ValueError("`input_id_images` is empty: pass at least one photo of the person")
         if isinstance(images[0], torch.Tensor):
             return torch.stack([img.reshape(img.shape[-3:]) for img in images])
+        if any(isinstance(img, os.PathLike) for img in images):  # pathlib.Path, like a str path
+            images = [os.fspath(img) if isinstance(img, os.PathLike) else img for img in images]
         return self.id_image_processor(images, return_tensors="pt").pixel_values
 
     @torch.no_grad()
@@ -452,13 +472,19 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
                 raise ValueError(
                     "PhotoMaker V2 needs `id_embeds`: one ArcFace face embedding [N, 512] per ID photo"
                 )
+            if isinstance(id_embeds, (list, tuple)):  # one row per photo
+                rows = [torch.as_tensor(row).reshape(-1) for row in id_embeds]
+                id_embeds = torch.stack(rows) if rows else torch.zeros(0)
             id_embeds = torch.as_tensor(id_embeds)
-            if id_embeds.ndim != 2 or id_embeds.shape[0] != pixel_values.shape[1]:
+            width = encoder.id_config.id_embedding_dim
+            if id_embeds.ndim != 2 or tuple(id_embeds.shape) != (pixel_values.shape[1], width):
                 raise ValueError(
-                    f"`id_embeds` must be [{pixel_values.shape[1]}, 512], one row per ID photo, "
-                    f"not {list(id_embeds.shape)}"
+                    f"`id_embeds` must be [{pixel_values.shape[1]}, {width}], one ArcFace "
+                    f"embedding per ID photo, not {list(id_embeds.shape)}"
                 )
             id_embeds = id_embeds.unsqueeze(0).to(device=device, dtype=dtype)
+        elif id_embeds is not None:
+            logger.warning("`id_embeds` are for PhotoMaker V2; this V1 adapter does not use them")
         # Through the module's own call (not a bare method) so offload hooks place it.
         return encoder(id_pixel_values=pixel_values, id_embeds=id_embeds)[0]
 
@@ -468,9 +494,18 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
         id_embeds: torch.Tensor | np.ndarray | None,
         id_image_embeds: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The ID image embeddings: given, or encoded from the photos."""
+        """The ID image embeddings: given (checked: ``[num_photos, tokens, width]`` as
+        :meth:`encode_id_images` returns them), or encoded from the photos."""
         if id_image_embeds is not None:
-            return id_image_embeds
+            embeds = torch.as_tensor(id_image_embeds)
+            width = self.id_fuse_module.layer_norm.normalized_shape[0]
+            shape = (self.num_tokens_per_image, width)
+            if embeds.ndim != 3 or tuple(embeds.shape[1:]) != shape or not len(embeds):
+                raise ValueError(
+                    f"`id_image_embeds` must be [num_photos, {shape[0]}, {shape[1]}], what "
+                    f"encode_id_images returns for this adapter, not {list(embeds.shape)}"
+                )
+            return embeds
         if input_id_images is None:
             raise ValueError("Pass the person's photos as `input_id_images` (or `id_image_embeds`)")
         return self.encode_id_images(input_id_images, id_embeds)
@@ -487,6 +522,20 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
         ``prompt_embeds``; each row is fused on its own, so its result does not depend on the
         other prompts of the batch (a prompt cut at the token limit fuses fewer ID vectors)."""
         self._require_adapter()
+        vectors = id_image_embeds.shape[0] * id_image_embeds.shape[1]
+        for row in class_tokens_mask.reshape(prompt_embeds.shape[0], -1).to(torch.bool):
+            marked = int(row.sum())
+            # Fewer positions than ID vectors only where the prompt was cut at the token
+            # limit (the class block then runs to the last position); else the prompt was made
+            # for another number of photos, and photos would be dropped without a word.
+            if marked < vectors and (not marked or not bool(row[-1])):
+                raise ValueError(
+                    f"The prompt marks {marked} class-token positions, but the ID embedding has "
+                    f"{vectors} vectors ({id_image_embeds.shape[0]} photos × "
+                    f"{id_image_embeds.shape[1]}): make `prompt_embeds` and `class_tokens_mask` "
+                    f"for {id_image_embeds.shape[0]} photos (encode_prompt_with_trigger_word("
+                    f"num_id_images={id_image_embeds.shape[0]}))"
+                )
         device = prompt_embeds.device
         id_image_embeds = id_image_embeds.to(device=device, dtype=prompt_embeds.dtype).unsqueeze(0)
         rows = [
@@ -670,12 +719,9 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
         self._denoising_end = denoising_end
         self._interrupt = False
         device = self._execution_device
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None:
-            batch_size = len(prompt)
-        else:
-            batch_size = (prompt_embeds if prompt_embeds is not None else prompt_embeds_text_only).shape[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds, prompt_embeds_text_only)
+        if num_images_per_prompt is not None and num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be at least 1, not {num_images_per_prompt}")
         num_images = batch_size * (num_images_per_prompt or 1)
 
         # 2. The photos → ID image embeddings (prompt-independent, shared by the batch).
@@ -856,6 +902,12 @@ class PhotoMakerStableDiffusionXLPipeline(PhotoMakerLoaderMixin, StableDiffusion
             "add_time_ids": add_time_ids,
         }
         negative = conditioning.negative or (None, None)
+        if start_merge_step >= len(timesteps) - 1:  # as the official pipeline, but said
+            logger.warning(
+                "start_merge_step=%d with %d steps: steps 0..%d see the text only, so the ID "
+                "embedding is never used; lower start_merge_step or add steps",
+                start_merge_step, len(timesteps), start_merge_step,
+            )  # fmt: skip
         self._num_timesteps = len(timesteps)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from photomaker.pipeline import (
     PipelineImageInput,
     call_arguments,
     call_docstring,
+    prompt_batch_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class AdapterInputs:
     inputs: torch.Tensor | list[torch.Tensor]
     scale: float | list[float]
     factor: float
+    num_prompts: int = 1  # one sketch per prompt serves that prompt's images
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
             control_inputs = self.check_adapter_inputs(
                 image, height, width, adapter_conditioning_scale, adapter_conditioning_factor
             )
+            num_prompts = prompt_batch_size(prompt, prompt_embeds, prompt_embeds_text_only)
+            control_inputs = replace(control_inputs, num_prompts=num_prompts)
         arguments = {**call_arguments(locals()), "height": height, "width": width}
         return self._generate(**arguments, control_inputs=control_inputs)
 
@@ -280,10 +284,12 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
             states = list(self.adapter(inputs, scale))
         else:
             states = [s * scale for s in self.adapter(control_inputs.inputs.to(device=device, dtype=dtype))]
-        rows = states[0].shape[0]
-        if rows not in (1, batch):
-            raise ValueError(f"Pass one sketch (or {batch}, one per image), not {rows}")
-        states = [s.repeat(batch // rows, 1, 1, 1) for s in states]
+        rows, prompts = states[0].shape[0], control_inputs.num_prompts
+        if rows not in (1, prompts, batch):
+            per_prompt = f", {prompts}, one per prompt," if prompts not in (1, batch) else ""
+            raise ValueError(f"Pass one sketch{per_prompt} or {batch}, one per image, not {rows}")
+        # One per prompt: repeated for that prompt's images, which sit next to each other.
+        states = [s.repeat_interleave(batch // rows, dim=0) for s in states]
         if self.do_classifier_free_guidance:
             states = [torch.cat([s, s]) for s in states]
         return AdapterControl(states, last_step)

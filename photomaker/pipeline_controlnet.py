@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -40,6 +41,7 @@ from photomaker.pipeline import (
     PhotoMakerStableDiffusionXLPipeline,
     call_arguments,
     call_docstring,
+    prompt_batch_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,15 @@ CONTROLNET_ARGS_DOC = """\
     control_guidance_start, control_guidance_end: the fraction of the steps in which each
         ControlNet acts.
 """
+
+
+def _image_count(image: PipelineImageInput) -> int:
+    """How many images a control input holds: a list's length, a 4-D array's first side."""
+    if isinstance(image, list):
+        return max(1, len(image))
+    if isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4:
+        return max(1, image.shape[0])
+    return 1
 
 
 @dataclass(frozen=True)
@@ -215,9 +226,10 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
     ) -> StableDiffusionXLPipelineOutput | tuple:
         control_inputs = None
         if image is not None:
+            num_prompts = prompt_batch_size(prompt, prompt_embeds, prompt_embeds_text_only)
             control_inputs = self.check_control_inputs(
                 image, height, width, controlnet_conditioning_scale, guess_mode,
-                control_guidance_start, control_guidance_end,
+                control_guidance_start, control_guidance_end, num_prompts=num_prompts,
             )
             height, width = control_inputs.height, control_inputs.width
         arguments = {**call_arguments(locals()), "height": height, "width": width}
@@ -239,9 +251,11 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         guess_mode: bool,
         control_guidance_start: float | list[float],
         control_guidance_end: float | list[float],
+        num_prompts: int = 1,
     ) -> ControlNetInputs:
         """The ControlNet part of a call, checked by diffusers' own ``check_inputs``, and the
-        output size (default: the control image's)."""
+        output size (default: the control image's). ``num_prompts``: the prompt batch, which
+        one control image per prompt must match, as in diffusers."""
         controlnet = self._controlnet
         num_nets = len(controlnet.nets) if isinstance(controlnet, MultiControlNetModel) else 1
         # Align the per-net lists as diffusers does.
@@ -257,10 +271,10 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         if isinstance(controlnet_conditioning_scale, (int, float)):
             controlnet_conditioning_scale = float(controlnet_conditioning_scale)
         # diffusers' checks of the control inputs. The prompt and the rest are the parent's to
-        # check (in _generate); a placeholder prompt stands in for it here.
+        # check (in _generate); placeholder prompts, as many as the call's, stand in here.
         StableDiffusionXLControlNetPipeline.check_inputs(
             self,
-            "",
+            [""] * num_prompts if num_prompts > 1 else "",
             None,
             image,
             None,
@@ -308,12 +322,14 @@ class PhotoMakerStableDiffusionXLControlNetPipeline(PhotoMakerStableDiffusionXLP
         batch = latents.shape[0]
 
         def prepare(image: PipelineImageInput) -> torch.Tensor:
+            # One image serves the whole batch; one per prompt is repeated for that prompt's
+            # images (diffusers' prepare_image reads its num_images_per_prompt so).
             return self.prepare_image(
                 image=image,
                 width=control_inputs.width,
                 height=control_inputs.height,
                 batch_size=batch,
-                num_images_per_prompt=batch,
+                num_images_per_prompt=max(1, batch // _image_count(image)),
                 device=latents.device,
                 dtype=controlnet.dtype,
                 do_classifier_free_guidance=self.do_classifier_free_guidance,

@@ -229,6 +229,13 @@ def expand_class_tokens(
     class_id = clean[class_index]
     expanded = clean[:class_index] + [class_id] * num_class_tokens + clean[class_index + 1 :]
     block_end = class_index + num_class_tokens
+    if class_index >= max_length:
+        raise PhotoMakerInputError(
+            f"The class word before '{trigger_word}' is at token {class_index + 1}, past the "
+            f"model's {max_length}-token limit, so the photos could not be used. Put the "
+            f"class word and '{trigger_word}' near the start, e.g. 'a photo of a woman "
+            f"{trigger_word}, …'."
+        )
     if block_end > max_length:
         over = block_end - max_length
         raise PhotoMakerInputError(

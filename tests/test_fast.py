@@ -191,8 +191,8 @@ def test_switching_back_and_forth_gives_bit_identical_quality_images(pipe):
 def test_the_style_strength_lands_on_a_step_at_few_steps():
     from photomaker.service import merge_step
 
-    # 20 % of 8 steps: step 0 is text only, steps 1-7 see the identity; at 4 steps the
-    # identity comes in from the first step.
+    # 20 % of 8 steps: merge step 1, so steps 0 and 1 are text only and steps 2-7 see the
+    # identity; at 4 steps merge step 0: step 0 text only, the identity from step 1 (from 0).
     assert merge_step(20, 8) == 1 and merge_step(20, 4) == 0 and merge_step(50, 8) == 4
 
 

@@ -135,13 +135,18 @@ def test_the_page_choice_sets_and_locks_the_sliders_and_says_what_it_trades(serv
     from photomaker.web.handlers import FAST, QUALITY, AppHandlers
 
     handlers = AppHandlers(service, Settings(tiny=True))
-    steps, guidance, note = handlers.mode_changed(FAST)
+    steps, guidance, note, kept = handlers.mode_changed(FAST)
     assert (steps["value"], steps["minimum"], steps["interactive"]) == (8, 1, False)
     assert (guidance["value"], guidance["interactive"]) == (0.0, False)
     assert note == service.fast_mode.trade() and "negative prompt has no effect" in note
-    steps, guidance, note = handlers.mode_changed(QUALITY)
+    steps, guidance, note, kept = handlers.mode_changed(QUALITY, 8, 0.0, kept)
     assert (steps["value"], steps["interactive"], guidance["value"]) == (4, True, 5.0)
-    assert note.startswith("Quality: 4 steps")
+    assert note.startswith("Quality: 4 steps") and kept is None
+    # The user's own quality values come back after a trip through Fast.
+    *_, kept = handlers.mode_changed(FAST, 7, 9.0, None)
+    assert kept == (7, 9.0)
+    steps, guidance, _, kept = handlers.mode_changed(QUALITY, 8, 0.0, kept)
+    assert (steps["value"], guidance["value"], kept) == (7, 9.0, None)
 
 
 def test_load_settings_of_a_fast_png_picks_fast_and_its_values(service, tmp_path):

@@ -80,6 +80,45 @@ def test_precomputed_id_embeddings_give_the_same_images(pipe):
     )
 
 
+def test_preprocessed_photos_and_id_embeddings_are_read_or_refused_clearly(pipe, caplog, tmp_path):
+    photos = [photo(1), photo(2)]
+    ids = face_embeds(2) if pipe.pm_version == "v2" else None
+    embeds = pipe.encode_id_images(photos, ids)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]  # pathlib paths, as str paths are read
+    for image, path in zip(photos, paths, strict=True):
+        image.save(path)
+    torch.testing.assert_close(pipe.encode_id_images(paths, ids), embeds, rtol=0, atol=0)
+    # preprocess_id_images' own [N, 3, 224, 224] tensor is N photos (it was read as one)
+    pixels = pipe.preprocess_id_images(photos)
+    torch.testing.assert_close(pipe.encode_id_images(pixels, ids), embeds, rtol=0, atol=0)
+    # ID embeddings of the wrong shape: what encode_id_images returns is asked for, not a
+    # silent cut to the first photo ([1, N, T, D]) or a torch error deep inside
+    for wrong in (embeds[None], embeds[:, :, :32], embeds[0]):
+        with pytest.raises(ValueError, match=r"`id_image_embeds` must be \[num_photos, "):
+            generate(pipe, None, id_image_embeds=wrong)
+    # A prompt made for 1 photo with the ID embedding of 2: refused, not photo 2 dropped
+    prompt_embeds, pooled, mask = pipe.encode_prompt_with_trigger_word("a woman img", num_id_images=1)
+    with pytest.raises(ValueError, match=r"marks \d+ class-token positions, but the ID embedding has"):
+        generate(pipe, None, prompt=None, id_image_embeds=embeds, prompt_embeds=prompt_embeds,
+                 pooled_prompt_embeds=pooled, class_tokens_mask=mask, negative_prompt=None,
+                 prompt_embeds_text_only=prompt_embeds, pooled_prompt_embeds_text_only=pooled)
+    if pipe.pm_version == "v2":  # ArcFace embeddings of another width: said, not a matmul error
+        with pytest.raises(ValueError, match=r"`id_embeds` must be \[2, 512\]"):
+            pipe.encode_id_images(photos, torch.zeros(2, 256))
+        as_rows = pipe.encode_id_images(photos, list(ids))  # a list of rows, as numpy's list
+        torch.testing.assert_close(as_rows, embeds, rtol=0, atol=0)
+    else:  # V1 takes no face embeddings: said, not silently
+        with caplog.at_level("WARNING", logger="photomaker.pipeline"):
+            pipe.encode_id_images(photos, face_embeds(5))
+        assert "are for PhotoMaker V2" in caplog.text
+    with pytest.raises(ValueError, match="num_images_per_prompt` must be at least 1"):
+        generate(pipe, photos, num_images_per_prompt=0)
+    # A merge step that leaves no step for the ID: the official pipeline's behaviour, but said
+    with caplog.at_level("WARNING", logger="photomaker.pipeline"):
+        generate(pipe, photos, start_merge_step=STEPS - 1)
+    assert "the ID embedding is never used" in caplog.text
+
+
 def test_callbacks_and_latent_output(pipe):
     seen = []
 

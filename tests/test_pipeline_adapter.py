@@ -106,6 +106,21 @@ def test_without_a_doodle_it_is_the_plain_pipeline(pipe, plain_images):
     )
 
 
+def test_one_sketch_per_prompt_serves_that_prompts_images(pipe):
+    """Two prompts, two sketches, two pictures each: each prompt's pictures follow its own
+    sketch (refused before: only one sketch or one per picture were taken)."""
+    from PIL import ImageOps
+
+    two = dict(prompt=[PROMPT, PROMPT], num_images_per_prompt=2)
+    both = generate(pipe, image=[sketch(), ImageOps.flip(sketch())], **two)
+    assert both.shape[0] == 4
+    first = generate(pipe, image=sketch(), **two)
+    np.testing.assert_allclose(both[:2], first[:2], atol=1e-5)
+    assert np.abs(both[2:] - first[2:]).max() > 1e-3
+    with pytest.raises(ValueError, match="one per prompt, or 4, one per image, not 3"):
+        generate(pipe, image=[sketch()] * 3, **two)
+
+
 def test_a_doodle_changes_the_images(pipe, plain_images):
     images = generate(pipe, image=sketch())
     assert images.shape == plain_images.shape and np.isfinite(images).all()

@@ -109,6 +109,19 @@ def test_a_control_image_changes_the_images(pipe, plain_images):
     assert np.abs(images - generate(pipe, image=picture(6))).max() > 1e-3
 
 
+def test_one_control_image_per_prompt_as_in_diffusers(pipe):
+    """Two prompts, two control images, two pictures each: each prompt's pictures follow its
+    own image (refused before: the check saw one placeholder prompt)."""
+    two = dict(prompt=[PROMPT, PROMPT], num_images_per_prompt=2)
+    both = generate(pipe, image=[picture(5), picture(6)], **two)
+    assert both.shape[0] == 4
+    first = generate(pipe, image=picture(5), **two)
+    np.testing.assert_allclose(both[:2], first[:2], atol=1e-5)
+    assert np.abs(both[2:] - first[2:]).max() > 1e-3
+    with pytest.raises(ValueError, match="image batch size: 3, prompt batch size: 2"):
+        generate(pipe, image=[picture(5)] * 3, **two)
+
+
 def test_matches_diffusers_controlnet_pipeline_when_the_id_never_enters(pipe):
     diffusers_pipe = StableDiffusionXLControlNetPipeline(
         vae=pipe.vae,

@@ -256,6 +256,15 @@ def test_a_pipeline_from_components_is_the_same_pipeline(pipes, expected, cache_
     v1 = build_tiny_pipeline("v1", seed=0, cache_dir=cache_dir)
     again = PhotoMakerStableDiffusionXLPipeline(**v1.components)
     assert (again.pm_version, again.num_tokens_per_image) == ("v1", 1)
+    # Loading the adapter again through the new pipeline takes the shared UNet's fused LoRA
+    # out first (it used to fuse it a second time: the new pipeline counted no fused LoRA).
+    weights = {k: v.clone() for k, v in v1.unet.state_dict().items()}
+    again.load_photomaker_adapter(
+        str(cache_dir / "tiny-photomaker-v1-seed0.bin"), pm_version="v1",
+        id_encoder_config=TINY_ENCODER_CONFIG,
+    )  # fmt: skip
+    for key, value in v1.unet.state_dict().items():
+        torch.testing.assert_close(value, weights[key], atol=1e-6, rtol=0, msg=key)
     close(again(**arguments("plain", id_embeds=None)).images,
           v1(**arguments("plain", id_embeds=None)).images, atol=0)
     # and to(dtype) takes every component along, the ID encoder and the fuse module too

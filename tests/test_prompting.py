@@ -95,6 +95,14 @@ def test_class_block_cut_by_the_limit_says_by_how_much(tokenizers):
     assert ok.num_truncated == 1 and "1 token(s) over" in ok.warning
 
 
+def test_a_class_word_past_the_limit_asks_to_move_it_not_for_fewer_photos(tokenizers):
+    tok, _ = tokenizers
+    prompt = " ".join(["red"] * 80) + " woman img"  # the class word at token 82
+    with pytest.raises(PhotoMakerInputError, match=r"at token 82, past the model's 77") as err:
+        check_prompt(tok, prompt, num_id_images=1, tokens_per_image=2)
+    assert "near the start" in str(err.value) and "fewer photos" not in str(err.value)
+
+
 def test_long_text_after_the_block_is_only_truncated(tokenizers):
     tok, _ = tokenizers
     prompt = "a woman img " + " ".join(["blue"] * 80)
