@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate",
         help="generate images and write them as PNG files",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     gen.add_argument(
         "--photos", nargs="+", required=True, metavar="PHOTO", help="photos of the person"
     )
     gen.add_argument("--prompt", required=True, help="e.g. 'a photo of a woman img in a garden'")
-    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="what to avoid")
     gen.add_argument("--style", default=DEFAULT_STYLE, help="a style name (see `styles`)")
     gen.add_argument(
         "--aspect-ratio", default=DEFAULT_ASPECT_RATIO, help="one of: " + "; ".join(ASPECT_RATIOS)
@@ -120,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """argparse's ``(default: …)`` only where a flag has a value of its own and its help does
+    not give it already: the settings' flags default to ``None`` (their help names the real
+    default and the environment variable), as do ``--steps`` and ``--seed``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        no_value = default is None or default is False or default == argparse.SUPPRESS
+        if no_value or "default" in text.lower():  # not 0 == False: a default of 0 is shown
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .images import load_id_images, load_image
     from .loading import build_service
@@ -174,6 +189,7 @@ def _generate(args: argparse.Namespace) -> int:
             load_image(args.style_image, max_megapixels=settings.max_photo_megapixels)
         except PhotoMakerInputError as error:
             raise PhotoMakerInputError(f"Style image: {error}") from None
+    _writable_folder(args.out)
     service = build_service(settings)
     if args.fast and service.fast_mode is not None:
         mode = service.fast_mode
@@ -192,18 +208,38 @@ def _generate(args: argparse.Namespace) -> int:
         _say(f"note: {message}", err=True)
     _say(f"seed: {result.seed}")
     # Each PNG carries its settings (text chunks), like the app's downloads.
-    paths = save_results(
-        result,
-        settings,
-        args.out,
-        aspect_ratio=request.aspect_ratio,
-        scheduler=type(service.pipe.scheduler).__name__,
-    )
+    try:
+        paths = save_results(
+            result,
+            settings,
+            args.out,
+            aspect_ratio=request.aspect_ratio,
+            scheduler=type(service.pipe.scheduler).__name__,
+        )
+    except OSError as error:  # e.g. the disk filled up while the images were made
+        raise PhotoMakerInputError(
+            f"The images could not be written to {args.out} ({error.strerror or error})."
+        ) from None
     for index, path in enumerate(paths):
         _say(f"{path}\t{result.likeness_text(index)}")
     if settings.tiny:
         _say("note: --tiny uses random weights; these images are noise.", err=True)
     return 0
+
+
+def _writable_folder(folder: Path) -> None:
+    """Make the output folder before the models load, so that one that cannot be written is
+    said at once rather than after the generation (and its GPU time)."""
+    if folder.exists() and not folder.is_dir():
+        raise PhotoMakerInputError(f"--out {folder} is a file, not a folder; choose a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PhotoMakerInputError(
+            f"--out {folder} cannot be made ({error.strerror or error}); choose another folder."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PhotoMakerInputError(f"--out {folder} is not writable; choose another folder.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

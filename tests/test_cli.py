@@ -123,6 +123,22 @@ def test_user_errors_exit_2(photos, tmp_path, capsys, changes, message):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_an_output_folder_that_cannot_be_written_is_said_before_the_models_load(
+    photos, tmp_path, capsys, monkeypatch
+):
+    from photomaker import loading
+
+    monkeypatch.setattr(loading, "build_service", lambda settings: pytest.fail("models loaded"))
+    a_file = tmp_path / "taken.png"
+    a_file.write_bytes(b"x")
+    for out, message in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot be made")):
+        argv = ["generate", "--tiny", "--photos", photos[0], "--prompt", "a man img",
+                "--out", str(out)]  # fmt: skip
+        assert main(argv) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out} {message}") and "Traceback" not in err
+
+
 def test_bad_flag_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--photos", "a.jpg"])  # no --prompt
