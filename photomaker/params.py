@@ -61,6 +61,11 @@ def short_repr(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def number_text(value: float) -> str:
+    """``2147483647`` rather than ``:g``'s ``2.14748e+09``; ``7.5`` and ``0.05`` as they are."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter: what it is, how it is checked, shown, documented and recorded."""
@@ -99,9 +104,10 @@ class Param:
         """``1-100`` (and ``UI: 20-100`` when the slider is narrower) for numbers."""
         if self.low is None:
             return ""
-        text = f"{self.low:g}-{self.high:g}"
+        text = f"{number_text(self.low)}-{number_text(self.high)}"
         if self.ui_range != self.api_range:
-            text += f" (UI: {self.ui_range[0]:g}-{self.ui_range[1]:g})"
+            low, high = self.ui_range
+            text += f" (UI: {number_text(low)}-{number_text(high)})"
         return text
 
     def description(self) -> str:
@@ -226,6 +232,10 @@ PARAMS: tuple[Param, ...] = (
 )  # fmt: skip
 
 BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+#: The /generate parameters a call must give (gradio_client refuses a call without them; the
+#: others default to the UI's values). The prompt takes null too: the message then says
+#: what to write.
+REQUIRED_API_PARAMS = ("photos", "prompt")
 #: The /generate parameters, in the API's order.
 API_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.api)
 #: (lowest, highest) of each number a request carries.
@@ -277,7 +287,7 @@ def check_value(param: Param, value: Any, choices: tuple[str, ...] | None = None
         limit = param.max_chars or MAX_PROMPT_CHARS
         if len(value) > limit:
             raise param.fail(
-                f"{len(value)} characters is too long; keep it under {limit} "
+                f"{len(value)} characters is too long; keep it to {limit} at most "
                 "(the model reads about 75 words)."
             )
         return value
@@ -286,7 +296,7 @@ def check_value(param: Param, value: Any, choices: tuple[str, ...] | None = None
 
 def _check_number(param: Param, value: Any) -> int | float:
     what = "a whole number" if param.kind == "integer" else "a number"
-    span = f"{what} from {param.low:g} to {param.high:g}"
+    span = f"{what} from {number_text(param.low)} to {number_text(param.high)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise param.fail(f"expected {span}, got {short_repr(value, 60)}.")
     if not math.isfinite(value):
@@ -294,7 +304,7 @@ def _check_number(param: Param, value: Any) -> int | float:
     if param.kind == "integer" and not float(value).is_integer():
         raise param.fail(f"expected {span}, got {value} (not rounded: send a whole number).")
     if not param.low <= value <= param.high:
-        raise param.fail(f"expected {span}, got {value:g}.")
+        raise param.fail(f"expected {span}, got {number_text(value)}.")
     return int(value) if param.kind == "integer" else float(value)
 
 
@@ -306,7 +316,7 @@ def markdown_table() -> str:
     ]
     for number, p in enumerate(API_PARAMS, start=1):
         kind = {"files": "list of files", "image": "file or null"}.get(p.kind, p.kind)
-        default = "required" if p.name == "photos" else f"`{p.default!r}`"
+        default = "required" if p.name in REQUIRED_API_PARAMS else f"`{p.default!r}`"
         if p.name == "negative_prompt":
             default = "a list of common flaws"
         rows.append(f"| {number} | `{p.name}` | {kind} | {default} | {p.description()} |")

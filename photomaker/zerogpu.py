@@ -150,6 +150,11 @@ def gpu_duration(job: Any) -> int:
 WORKER_ERROR_TITLE = "ZeroGPU worker error"
 
 
+#: Added to spaces' words when the visitor's quota is short: the request's duration follows
+#: the job (:func:`gpu_duration`), so a smaller job may fit in what is left.
+QUOTA_ADVICE = "Fewer images or steps, or Fast mode, ask for less GPU time."
+
+
 class ZeroGPURefusal(PhotoMakerError, gr.Error):
     """ZeroGPU refused the call (out of quota, no GPU free, a duration over the limit): spaces'
     own words, for the visitor to act on. Not a server fault: nothing failed here."""
@@ -175,6 +180,8 @@ def from_spaces_error(err: gr.Error) -> PhotoMakerError:
     if is_refusal(err):
         level = logging.INFO if "quota" in title.lower() else logging.WARNING
         logger.log(level, "ZeroGPU refused the call (%s): %s", title, message)
+        if "quota" in title.lower():  # what this app's visitor can change to ask for less
+            message = f"{message} {QUOTA_ADVICE}"
         return ZeroGPURefusal(message, title=title)
     error_id = new_error_id()
     logger.error("ZeroGPU worker failed [error %s]: %s: %s", error_id, title, message)

@@ -185,6 +185,8 @@ def test_one_public_endpoint(client):
     assert {name: defaults[name] for name in later} == {
         name: (True, value) for name, value in later.items()
     }
+    # photos and prompt must be given (as the README says); the rest have the UI's values
+    assert [n for n, (has, _) in defaults.items() if not has] == ["photos", "prompt"]
 
 
 def test_generate_two_photos(client, photos):
@@ -416,6 +418,25 @@ def test_server_paths_are_refused_with_a_message(uploaded, path):
     assert payload["title"] == "Please check your input"
     event, _ = raw_generate(good_payload(uploaded))  # and the server still serves
     assert event == "complete"
+
+
+def test_a_request_with_too_few_or_too_many_values_says_how_many(uploaded):
+    for data in ([], good_payload(uploaded)[:10], [*good_payload(uploaded), None]):
+        event, payload = raw_generate(data)
+        assert event == "error"
+        assert f"has {len(data)} values; /generate takes 11 to 17" in payload["error"], payload
+        assert "Error id" not in payload["error"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "https://example.invalid/x.png"])
+def test_a_url_the_server_cannot_fetch_is_said_so(uploaded, url):
+    """A private address (refused by Gradio's SSRF check) and an unknown host: the message
+    says the URL could not be fetched, not that a value has the wrong shape."""
+    data = good_payload([{"path": url, "meta": {"_type": "gradio.FileData"}}])
+    event, payload = raw_generate(data)
+    assert event == "error"
+    assert "could not be fetched by the server" in payload["error"], payload
+    assert "handle_file" in payload["error"] and "Error id" not in payload["error"]
 
 
 # --------------------------------------------------------------------------- cancel

@@ -255,9 +255,10 @@ def test_good_values_pass(param, value, expected):
         (STEPS, True, "got True"),
         (STEPS, 0, "from 1 to 100, got 0"),
         (SEED, 1.5, "whole number"),
+        (SEED, 2**31, "from 0 to 2147483647, got 2147483648"),  # not 2.14748e+09
         (params.Param("r", "bool", "Randomize seed", ""), 1, "true or false"),
         (params.Param("s", "choice", "Style", "", choices=("a",)), None, "required"),
-        (params.Param("p", "text", "Prompt", ""), "x" * 5000, "too long"),
+        (params.Param("p", "text", "Prompt", ""), "x" * 5000, "too long; keep it to 2000 at most"),
     ],
 )
 def test_bad_values_name_the_parameter(param, value, message):
@@ -271,6 +272,10 @@ def test_bad_values_name_the_parameter(param, value, message):
     "payload, message",
     [
         ("abc", "expected a list"),
+        (
+            {"path": "/tmp/gradio/x/me.jpg"},
+            r"expected a list of image files, got one file; put it in a list .*\[handle_file",
+        ),
         ([{"path": 3}], "item 1 is not a file"),
         ([{"path": "/etc/passwd"}], "photo 1 names a file on the server"),
     ],
@@ -311,6 +316,41 @@ def test_the_preview_maps_back_to_the_uploads():
     unchanged = [("/cache/1.png", "1 ✓ face"), ("/cache/2.png", "2 ✓"), ("/cache/3.png", "3 ✓")]
     assert app.AppHandlers.photos_from_view(unchanged, photos) == gr.skip()
     assert app.AppHandlers.photos_from_view([], photos) is None
+
+
+class PhotoLoadingService(StandInService):
+    """Loads photos as the service does (its limit of 10); never gets to the faces."""
+
+    def load_photos(self, photos):
+        from photomaker.images import load_id_images
+
+        return load_id_images(photos, max_photos=10)
+
+    def analyze_photos(self, photos):
+        self.load_photos(photos)
+        raise AssertionError("not reached in these tests")
+
+
+def test_too_many_photos_stay_in_view_with_the_error(tmp_path):
+    """12 photos: all stay in the preview (11 and 12 marked), so the preview's round trip
+    keeps the 12 and the error, where it used to show 10 and then call them ready."""
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Image.new("RGB", (128, 128), (i * 20, 90, 90)).save(paths[-1])
+    handlers = app.AppHandlers(PhotoLoadingService(), Settings())
+    check = handlers.check_photos(paths)
+    assert not check.usable and check.kind == "error"
+    assert "12 ID photos were given; the limit is 10. Remove 2" in check.status
+    captions = [caption for _, caption in check.items]
+    assert len(captions) == 12
+    assert captions[10:] == ["11 ✗ over the limit of 10", "12 ✗ over the limit of 10"]
+    assert captions[0] == "1 · not checked yet"
+    assert app.AppHandlers.photos_from_view(check.items, paths) == gr.skip()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    check = handlers.check_photos([paths[0], str(broken)])
+    assert [c for _, c in check.items] == ["1 · not checked yet", "2 ✗ not readable"]
 
 
 def test_load_settings_restores_the_form(tmp_path):
@@ -354,6 +394,13 @@ def test_load_settings_restores_the_form(tmp_path):
     *_, scale, factor, _mode, _style_scale = handlers.load_settings(str(path))
     assert scale["value"] == 0.3 and scale["minimum"] == 0.3  # below the UI's 0.5: widened
     assert factor["value"] == 0.9
+    # The doodle section opens (to draw it again) where the server has the doodle.
+    assert handlers.sections_for_settings(str(path)) == (gr.update(), gr.update())
+    handlers.service.doodle_available = handlers.service.style_image_available = True
+    assert handlers.sections_for_settings(str(path)) == (gr.update(value=True), gr.update())
+    result.style_image = True
+    path = save_png(result.images[0], tmp_path / "s.png", build_metadata(result, Settings()))
+    assert handlers.sections_for_settings(str(path))[1] == gr.update(open=True)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(gr.Error, match="no PhotoMaker settings") as error:
@@ -362,9 +409,12 @@ def test_load_settings_restores_the_form(tmp_path):
 
 
 def test_the_merge_hint_warns_when_the_identity_would_not_come_in():
-    assert app.merge_hint(50, 20) == "The identity comes in at step 11 of 50."
+    # merge step 10: steps 0-10 (from 0) text only, the identity from the 12th step (from 1)
+    assert app.merge_hint(50, 20) == "The identity comes in at step 12 of 50."
     assert "never comes in" in app.merge_hint(4, 100)
-    assert "only at the last step" in app.merge_hint(4, 75)
+    assert "never comes in" in app.merge_hint(4, 75)  # merge step 3 of 0-3: none left
+    assert "only at the last step" in app.merge_hint(4, 50)  # merge step 2: steps 0-2 text
+    assert "never comes in" in app.merge_hint(8, 90) and "only at" in app.merge_hint(8, 80)
     assert app.merge_hint(None, 20) == ""
 
 

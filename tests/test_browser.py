@@ -288,6 +288,8 @@ def test_enter_generates_results_in_view_whole_and_remembered(page, files, viewp
     images = page.locator("#gallery .gallery-item img")
     expect(images).to_have_count(2)  # the default number of images
     assert in_view(page, "#gallery"), "the results are not in view after submitting"
+    if viewport == PHONE:  # the results below the form: Stop, just above them, stays in reach
+        assert in_view(page, "#generate-row"), "Generate/Stop scrolled out of view"
     expect(seed_used).to_have_value(re.compile(r"^\d+$"))
     seed = seed_used.input_value()
     _shoot(page, "app-desktop.png" if viewport == DESKTOP else "app-phone.png", full_page=False)
@@ -327,6 +329,9 @@ def test_enter_generates_results_in_view_whole_and_remembered(page, files, viewp
     expect(page.locator("#seed input")).to_be_enabled()
     expect(page.locator("#seed input")).to_have_value(seed)
     expect(page.locator("#randomize input")).not_to_be_checked()
+    page.locator("#randomize input").check()  # the next run will not use it: said so
+    expect(reuse).to_have_text("Reuse this seed")
+    expect(page.locator("#seed input")).to_be_disabled()
 
     # Load settings from image: a fresh page gets the form back from the PNG.
     page.reload()

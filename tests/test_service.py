@@ -7,6 +7,7 @@ import logging
 import pickle
 import re
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -250,7 +251,10 @@ def test_build_pipeline_from_a_diffusers_folder_with_a_style_lora(tmp_path, monk
         doodle_adapter="none",  # the default sketch adapter is a download
         device="cpu",
     )
-    pipe = build_pipeline(settings)
+    with warnings.catch_warnings(record=True) as caught:  # PEFT's two about the second adapter
+        warnings.simplefilter("always")
+        pipe = build_pipeline(settings)
+    assert not [str(w.message) for w in caught if "peft" in w.filename], caught
     assert calls["location"] == str(checkpoint.parent) and calls["weight_name"] == "tiny-v1.bin"
     assert calls["pm_version"] == "v1" and calls["trigger_word"] == "img"
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)

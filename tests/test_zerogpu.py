@@ -274,6 +274,7 @@ def test_refusals_reach_the_visitor_in_spaces_words(space, client, photos, refus
         call(client, photos[:1])
     assert error.value.title == title
     assert "error id" not in error.value.message  # a notice, not a server fault
+    assert ("Fewer images or steps" in error.value.message) == (refusal == "quota")
     lines = [line for line in space.text().splitlines() if "ZeroGPU refused the call" in line]
     assert lines and re.search(words, lines[-1])
     assert (" INFO " if refusal == "quota" else " WARNING ") in lines[-1]
@@ -418,7 +419,7 @@ def test_spaces_refusals_pass_and_its_worker_errors_are_server_faults(caplog):
     with pytest.raises(zerogpu.ZeroGPURefusal) as refusal:
         refusing(quota)("job")
     assert isinstance(refusal.value, gr.Error) and refusal.value.title == "ZeroGPU quota exceeded"
-    assert refusal.value.message == quota.message
+    assert refusal.value.message == f"{quota.message} {zerogpu.QUOTA_ADVICE}"
     assert all(r.exc_info is None for r in caplog.records)
     with pytest.raises(PhotoMakerServerError, match="GPU task aborted") as aborted:
         refusing(gr.Error("GPU task aborted", title="ZeroGPU worker error"))("job")

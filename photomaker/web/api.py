@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import PhotoMakerInputError
-from ..params import API_PARAMS, Param, check_value, short_repr
+from ..params import API_PARAMS, REQUIRED_API_PARAMS, Param, check_value, short_repr
 from .gpu import user_error
 
 #: Example photo for the API page: the NASA portrait our assets/ photos come from.
@@ -115,7 +115,10 @@ def api_inputs(
         elif isinstance(example, str) and param.kind == "text":
             example = example.replace(" img ", f" {trigger_word} ")
         schema = _schema(param, choices, notes.get(param.name, ""))
-        value = defaults.get(param.name, param.default)
+        # No value: Gradio's API page and gradio_client then call the parameter required.
+        value = (
+            None if param.name in REQUIRED_API_PARAMS else defaults.get(param.name, param.default)
+        )
         components.append(ApiValue(value, label=param.label, schema=schema, example=example))
     return components
 
@@ -140,6 +143,11 @@ def check_file_payload(label: str, name: str, payload: Any, multiple: bool = Tru
                 f"{label} ({name}): expected an image file or null, got {short_repr(payload, 60)}; {how}."
             )
         payload = [payload]
+    elif isinstance(payload, dict):
+        raise PhotoMakerInputError(
+            f"{label} ({name}): expected a list of image files, got one file; put it in a list "
+            f"(gradio_client: {name}=[handle_file('photo.jpg')])."
+        )
     elif not isinstance(payload, list):
         raise PhotoMakerInputError(
             f"{label} ({name}): expected a list of image files, got {short_repr(payload, 60)}; {how}."
@@ -174,6 +182,14 @@ def check_request_files(inputs: list[Any]) -> list[Any]:
     missing = len(API_PARAMS) - len(inputs)
     if 0 < missing <= len(omittable):
         inputs = [*inputs, *(p.default for p in omittable[len(omittable) - missing :])]
+    elif missing:
+        needed = len(API_PARAMS) - len(omittable)
+        first = ", ".join(p.name for p in API_PARAMS[:needed])
+        raise PhotoMakerInputError(
+            f"The request has {len(inputs)} values; /generate takes {needed} to "
+            f"{len(API_PARAMS)}, in the API page's order: first {first}, then the optional "
+            f"{', '.join(p.name for p in omittable)}."
+        )
     for param, payload in zip(API_PARAMS, inputs, strict=False):
         if param.kind in ("files", "image"):
             check_file_payload(param.label, param.name, payload, param.kind == "files")

@@ -7,6 +7,7 @@ A raw ``/generate`` request is read here before Gradio reads it
   no way to give a missing trailing value its default (it refuses a short request);
 * file values are checked first, so that ``/etc/passwd`` or a malformed value is refused
   with a message that names the parameter, where Gradio's own says nothing actionable;
+* a file URL the server cannot fetch is said so (Gradio's own error names the host only);
 * anything else that cannot be read becomes a message with an error id.
 
 Checked with Gradio 6.31 (:data:`TESTED_GRADIO`); :func:`supported` compares the method's
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +62,16 @@ class PhotoMakerBlocks(gr.Blocks):
             raise gr.Error(str(err), title=INPUT_TITLE, print_exception=False) from None
         except gr.Error:
             raise
-        except Exception:
+        except Exception as exc:
+            if _fetching_a_url(exc):
+                logger.info("a file URL in a request could not be fetched: %s", exc)
+                raise gr.Error(
+                    f"A file given as a URL could not be fetched by the server ({exc}; it "
+                    "fetches only public http(s) addresses). Send the file itself: "
+                    "gradio_client's handle_file('photo.jpg') on a local file uploads it.",
+                    title=INPUT_TITLE,
+                    print_exception=False,
+                ) from None
             error_id = new_error_id()
             logger.exception("could not read a request (error id %s)", error_id)
             raise gr.Error(
@@ -69,6 +80,17 @@ class PhotoMakerBlocks(gr.Blocks):
                 title=INPUT_TITLE,
                 print_exception=False,
             ) from None
+
+
+#: Where Gradio fetches a file value given as a URL (its SSRF-checked download).
+_URL_FETCH_FRAMES = ("async_ssrf_protected_download", "async_ssrf_protected_get")
+
+
+def _fetching_a_url(exc: BaseException) -> bool:
+    """Whether ``exc`` came from Gradio fetching a URL file value (an unknown host, a
+    private address it refuses, a failed download) rather than from a malformed value."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(frame.name in _URL_FETCH_FRAMES for frame in frames)
 
 
 def blocks_class() -> type[gr.Blocks]:

@@ -226,18 +226,34 @@ class AppHandlers:
             f"{fast_mode.steps} steps."
         )
 
-    def mode_changed(self, mode: str):
+    def mode_changed(
+        self,
+        mode: str,
+        steps_now: Any = None,
+        guidance_now: Any = None,
+        kept: tuple[Any, Any] | None = None,
+    ):
         """Quality/Fast chosen: the Steps and Guidance sliders show the mode's values (locked
-        in fast mode, where the mode sets them), the note says what the mode trades."""
+        in fast mode, where the mode sets them), the note says what the mode trades.
+
+        The quality values the user had (``steps_now``, ``guidance_now``) are kept aside on the
+        way to Fast and come back on the way to Quality (``kept``, a ``gr.State``; the
+        defaults when there are none, e.g. after loading a fast PNG). Returns the sliders,
+        the note and what to keep."""
         fast_mode = getattr(self.service, "fast_mode", None)
         if mode == FAST and fast_mode is not None:
             steps, guidance, free = fast_mode.steps, fast_mode.guidance_scale, False
+            kept = (steps_now, guidance_now) if steps_now is not None else kept
         else:
-            steps, guidance, free = ui_steps(self.settings), default("guidance_scale"), True
+            steps, guidance = kept or (None, None)
+            steps = ui_steps(self.settings) if steps is None else steps
+            guidance = default("guidance_scale") if guidance is None else guidance
+            free, kept = True, None
         return (
             _slider_to(steps, *self.ui_range("steps"), interactive=free),
             _slider_to(guidance, *self.ui_range("guidance_scale"), interactive=free),
             self.mode_note(mode),
+            kept,
         )
 
     @staticmethod
@@ -299,8 +315,10 @@ class AppHandlers:
 
     @staticmethod
     def randomize_changed(randomize: bool):
-        """The seed box is disabled while Randomize is on."""
-        return gr.update(interactive=not randomize)
+        """The seed box is disabled while Randomize is on; Reuse's "✓ Seed reused" is taken
+        back then, since the next run will not use it."""
+        reuse = gr.update(value="Reuse this seed") if randomize else gr.update()
+        return gr.update(interactive=not randomize), reuse
 
     # -- photos ---------------------------------------------------------------------------
 
@@ -313,12 +331,17 @@ class AppHandlers:
         try:
             analysis = self.service.analyze_photos(photos)
         except PhotoMakerInputError as err:
-            # Mark the photos that do not load on their own; the message says what to do.
+            # Every photo stays in the view (a shorter view would come back as the new photo
+            # list and hide the error); those over the limit or not readable are marked, the
+            # others wait for the faces check. The message says what to do.
             items = []
-            for i, path in enumerate(photos[:n_max], start=1):
+            for i, path in enumerate(photos, start=1):
+                if i > n_max:
+                    items.append((path, f"{i} ✗ over the limit of {n_max}"))
+                    continue
                 try:
                     self.service.load_photos([path])
-                    items.append((path, f"{i} ?"))
+                    items.append((path, f"{i} · not checked yet"))
                 except PhotoMakerInputError:
                     items.append((path, f"{i} ✗ not readable"))
             return PhotoCheck(items, f"✗ {err}", "error", False)
@@ -410,6 +433,20 @@ class AppHandlers:
                 values.append(value)
         return tuple(values)
 
+    def sections_for_settings(self, path: str | None):
+        """After settings from a PNG: the doodle and the style-image sections open where the
+        picture used them, so that what the toast asks to add again is in view."""
+        try:
+            meta = metadata.read_metadata(path) if path else {}
+        except PhotoMakerInputError:  # load_settings says why
+            meta = {}
+        doodle = meta.get("doodle") and getattr(self.service, "doodle_available", False)
+        style = meta.get("style_image") and getattr(self.service, "style_image_available", False)
+        return (
+            gr.update(value=True) if doodle else gr.update(),
+            gr.update(open=True) if style else gr.update(),
+        )
+
     @staticmethod
     def settings_outputs() -> tuple[str, ...]:
         """The names of what :meth:`load_settings` returns, in its order."""
@@ -471,13 +508,16 @@ def merge_hint(steps: Any, style_strength: Any) -> str:
         steps, at = int(steps), merge_step(float(style_strength), int(steps))
     except (TypeError, ValueError):
         return ""
-    if at >= steps - 1:
-        when = "never comes in" if at >= steps else "comes in only at the last step"
+    # Steps 0..at (from 0) see the text only, as in the official pipeline: the identity's
+    # first step, counted from 1 as the page counts, is at + 2.
+    first = at + 2
+    if first >= steps:
+        when = "never comes in" if first > steps else "comes in only at the last step"
         return (
-            f"⚠ With these values the identity {when} ({steps} steps, merged from step "
-            f"{at + 1}): lower the style strength or add steps."
+            f"⚠ With these values the identity {when} ({steps} steps, the first {min(at + 1, steps)} "
+            "text only): lower the style strength or add steps."
         )
-    return f"The identity comes in at step {at + 1} of {steps}."
+    return f"The identity comes in at step {first} of {steps}."
 
 
 def example_caption(photos: list[str], prompt: str, style: str) -> str:

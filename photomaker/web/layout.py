@@ -92,7 +92,8 @@ def create_app(settings: Settings, service: PhotoMakerService | None = None) -> 
             title="PhotoMaker", css=css(), theme=theme(), delete_cache=DELETE_CACHE
         )
     with demo:
-        page: Page = {"usable": gr.State(False)}
+        # quality_values: the Steps and Guidance set in Quality mode, kept while Fast holds them
+        page: Page = {"usable": gr.State(False), "quality_values": gr.State(None)}
         header(service, settings)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
@@ -224,7 +225,7 @@ def style_image_section(page: Page, handlers: AppHandlers, service: PhotoMakerSe
     available = bool(getattr(service, "style_image_available", False))
     with gr.Accordion(
         "Style image (optional)", open=False, visible=available, elem_id="style-image-area"
-    ):
+    ) as page["style_image_area"]:
         page["style_image"] = gr.Image(
             label=BY_NAME["style_image"].label + ": the pictures take on its look",
             type="filepath",
@@ -279,7 +280,7 @@ def results_section(page: Page) -> None:
     with gr.Row(equal_height=False, elem_id="seed-row"):
         page["seed_shown"] = gr.Textbox(
             label="Seed used",
-            placeholder="after the first run",
+            placeholder="none yet",
             interactive=False,
             max_lines=1,
             elem_id="seed-used",
@@ -472,16 +473,22 @@ def wire_form(page: Page, handlers: AppHandlers) -> None:
         show_progress="hidden", queue=False, **private,
     )  # fmt: skip
     page["randomize_seed"].change(
-        handlers.randomize_changed, page["randomize_seed"], page["seed"],
+        handlers.randomize_changed, page["randomize_seed"], [page["seed"], page["reuse"]],
         show_progress="hidden", **private,
     )  # fmt: skip
     page["settings_file"].upload(
         handlers.load_settings, page["settings_file"],
         [page[name] for name in handlers.settings_outputs()], **private,
     )  # fmt: skip
+    page["settings_file"].upload(
+        handlers.sections_for_settings, page["settings_file"],
+        [page["enable_doodle"], page["style_image_area"]],
+        show_progress="hidden", queue=False, **private,
+    )  # fmt: skip
     page["fast"].input(
-        handlers.mode_changed, page["fast"],
-        [page["steps"], page["guidance_scale"], page["mode_note"]],
+        handlers.mode_changed,
+        [page["fast"], page["steps"], page["guidance_scale"], page["quality_values"]],
+        [page["steps"], page["guidance_scale"], page["mode_note"], page["quality_values"]],
         show_progress="hidden", queue=False, **private,
     )  # fmt: skip
     page["fast"].change(
