@@ -8,4 +8,7 @@ bash scripts/install.sh -r requirements-dev.txt
 if [ ! -d .oracle/photomaker ]; then
   pip install -q --no-deps --target .oracle "photomakerv==0.1.0"
 fi
-python -m pytest -q "$@"
+# Two worker processes (pytest-xdist), one torch thread each (tests/conftest.py): both cores of
+# a 2-core machine. Each test file runs whole on one worker, so a file's module fixtures (a
+# compiled UNet, a running app) are built once. PYTEST_WORKERS=0 runs in this process.
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
