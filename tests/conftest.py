@@ -10,8 +10,8 @@ inherit it): the tiny models' operations are far too small to gain from a second
 on a shared or oversubscribed machine the OpenMP threads wait on each other — a tiny
 pipeline call measured 0.08 s with one thread and 2.3 s with two on this project's busy
 2-core machine. ``scripts/test.sh`` runs two worker processes (pytest-xdist, a test file
-whole per worker) instead, one thread each: the whole suite took 6 min 6 s so on the 2 cores,
-against 9 min 37 s in one process.
+whole per worker) instead, one thread each: from a fresh clone the suite took 5 min 6 s so on
+the 2 cores, against 11 min 12 s in one process.
 
 No network: ``HF_HUB_OFFLINE=1`` (unless set already; subprocesses inherit it). Settings
 whose defaults name a hub download (the fast LoRA, the style image's IP-Adapter, the doodle's
