@@ -188,7 +188,7 @@ def estimate_pipelines() -> dict[str, SimpleNamespace]:
 def peak_estimates() -> dict:
     """``photomaker.memory_estimate``'s peaks of :func:`estimate_pipelines`, and the sizes
     of the optional models."""
-    from photomaker.memory_estimate import estimate_peaks_gb, model_bytes
+    from photomaker.memory_estimate import STYLE_IMAGE_MODELS, estimate_peaks_gb, model_bytes
 
     pipes = estimate_pipelines()
     extended = pipes["defaults"].components
@@ -198,7 +198,7 @@ def peak_estimates() -> dict:
         "defaults": estimate_peaks_gb(pipes["defaults"], style_bytes=model_bytes(ip_adapter)),
         # --style-adapter none: the defaults less the style image's encoder and IP-Adapter
         "without_style_image": estimate_peaks_gb(
-            pipes["defaults"], style_bytes=0, leave_out=("image_encoder",)
+            pipes["defaults"], style_bytes=0, leave_out=STYLE_IMAGE_MODELS
         ),
         "optional_gb": {
             "style image encoder": model_bytes(extended["image_encoder"]) / GB,
@@ -211,13 +211,6 @@ def peak_estimates() -> dict:
             / GB,
         },
     }
-
-
-def auto_margin_gb() -> float:
-    """The room ``memory auto`` leaves beside a mode's estimated peak."""
-    from photomaker.settings import AUTO_MEMORY_MARGIN_GB
-
-    return AUTO_MEMORY_MARGIN_GB
 
 
 def weights(bytes_per_parameter: int = 2) -> dict:
@@ -511,11 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--no-processes", action="store_true", help="skip the app and CLI RSS")
     args = parser.parse_args(argv)
+    from photomaker.settings import AUTO_MEMORY_MARGIN_GB
+
     data = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights": weights(),
         "peaks": peak_estimates(),
-        "auto_margin_gb": auto_margin_gb(),
+        "auto_margin_gb": AUTO_MEMORY_MARGIN_GB,  # the room memory auto leaves beside a peak
     }
     if not args.no_processes:
         with tempfile.TemporaryDirectory(prefix="photomaker-bench-memory-") as tmp:

@@ -29,7 +29,7 @@ import torch
 
 from .errors import PhotoMakerInputError
 from .library_notices import quiet_library_notices, without_transformers_progress_bars
-from .settings import CUDA_GRAPH_COMPILE_MODES, Settings, on_zerogpu
+from .settings import CUDA_GRAPH_COMPILE_MODES, FIELDS_BY_NAME, Settings, on_zerogpu
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ def _offline(error: BaseException) -> bool:
 
 
 @contextmanager
-def model_errors(what: str, location: str, flag: str, hint: str = "") -> Iterator[None]:
+def model_errors(what: str, location: str, setting: str, hint: str = "") -> Iterator[None]:
     """A model that cannot be loaded is a :class:`PhotoMakerInputError` that names it, the
-    setting to change and the cause (the root one), not a library's traceback; ``hint`` is
-    the model's own last word (what its setting's ``none`` does, where its parts go)."""
+    setting to change (``setting``: its name in :data:`FIELDS`, given as its flag and
+    variable) and the cause (the root one), not a library's traceback; ``hint`` is the
+    model's own last word (what its setting's ``none`` does, where its parts go)."""
     try:
         yield
     except PhotoMakerInputError:
@@ -73,7 +74,8 @@ def model_errors(what: str, location: str, flag: str, hint: str = "") -> Iterato
         cause = _root_cause(error)
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         reason = f"{type(cause).__name__}: {reason}"[:300]
-        setting = f"{flag} (or {'PHOTOMAKER_' + flag.lstrip('-').upper().replace('-', '_')})"
+        field = FIELDS_BY_NAME[setting]
+        setting = f"{field.flag} (or {field.env})"
         if isinstance(cause, (GatedRepoError, RepositoryNotFoundError)):
             advice = (
                 "The repo is gated, private or misspelt: accept its licence on the Hub and give "
@@ -106,7 +108,7 @@ def load_base_pipeline(settings: Settings) -> Any:
                 f"Base model file {settings.base_model} does not exist. Give a hub id "
                 "(e.g. SG161222/RealVisXL_V4.0), a diffusers folder or an SDXL .safetensors file."
             )
-        with model_errors("SDXL base model", settings.base_model, "--base-model"):
+        with model_errors("SDXL base model", settings.base_model, "base_model"):
             return PhotoMakerStableDiffusionXLPipeline.from_single_file(location, dtype=dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if os.path.isdir(location):
@@ -117,7 +119,7 @@ def load_base_pipeline(settings: Settings) -> Any:
             )
     else:
         location = settings.base_model
-    with model_errors("SDXL base model", settings.base_model, "--base-model"):
+    with model_errors("SDXL base model", settings.base_model, "base_model"):
         if dtype == torch.float16 or dtype == torch.bfloat16:
             # Half the download and no fp32 → fp16 cast at load, where the repo has the variant.
             try:
@@ -161,7 +163,7 @@ def load_style_lora(pipe: Any, settings: Settings) -> Any:
     logger.info(
         "loading the style LoRA %s (weight %s)", settings.style_lora, settings.style_lora_weight
     )
-    with model_errors("style LoRA", settings.style_lora, "--style-lora"), warnings.catch_warnings():
+    with model_errors("style LoRA", settings.style_lora, "style_lora"), warnings.catch_warnings():
         # A second adapter beside PhotoMaker's is what this means (PEFT warns of one), and
         # PhotoMaker's fused LoRA comes out of the weights first (PEFT would unfuse it itself,
         # with a warning); fuse_adapters puts both back in below.
@@ -181,7 +183,7 @@ def load_fp16_vae(pipe: Any, settings: Settings) -> Any:
     from diffusers import AutoencoderKL
 
     logger.info("loading the fp16-safe VAE %s", settings.vae_fp16_fix)
-    with model_errors("fp16-safe VAE", settings.vae_fp16_fix, "--vae-fp16-fix"):
+    with model_errors("fp16-safe VAE", settings.vae_fp16_fix, "vae_fp16_fix"):
         vae = AutoencoderKL.from_pretrained(
             os.path.expanduser(settings.vae_fp16_fix), dtype=settings.resolved_dtype()
         )
@@ -497,7 +499,7 @@ def compile_ahead_of_time(pipe: Any, settings: Settings) -> Any:
 
 
 def load_model(
-    model_class: Any, location: str, dtype: torch.dtype, what: str, flag: str, hint: str = ""
+    model_class: Any, location: str, dtype: torch.dtype, what: str, setting: str, hint: str = ""
 ) -> Any:
     """A diffusers model (``T2IAdapter``, ``ControlNetModel``) from a hub id, a folder or
     (where the class reads one) a single ``.safetensors`` file, in ``dtype``.
@@ -506,7 +508,7 @@ def load_model(
     the default weights, as :func:`load_base_pipeline` does. A model that cannot be found is
     a :class:`PhotoMakerInputError` naming the setting to change (:func:`model_errors`)."""
     path = os.path.expanduser(location)
-    with model_errors(what, location, flag, hint):
+    with model_errors(what, location, setting, hint):
         if path.lower().endswith(SINGLE_FILE_SUFFIXES):
             if not os.path.isfile(path) or not hasattr(model_class, "from_single_file"):
                 raise OSError(f"{location} is not a file {model_class.__name__} can read")
@@ -540,7 +542,7 @@ def load_doodle_adapter(settings: Settings) -> Any | None:
     from diffusers import T2IAdapter
 
     logger.info("loading the doodle adapter %s", location)
-    args = (T2IAdapter, location, settings.resolved_dtype(), "doodle adapter", "--doodle-adapter")
+    args = (T2IAdapter, location, settings.resolved_dtype(), "doodle adapter", "doodle_adapter")
     hint = "--doodle-adapter none turns the doodle off"
     if settings.doodle_adapter_required:
         return load_model(*args, hint=hint)
@@ -570,7 +572,7 @@ def load_controlnet(settings: Settings) -> Any | None:
 
     logger.info("loading the ControlNet %s", settings.controlnet)
     dtype = settings.resolved_dtype()
-    return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet", "--controlnet")
+    return load_model(ControlNetModel, settings.controlnet, dtype, "ControlNet", "controlnet")
 
 
 def tiny_fast_lora_file(settings: Settings) -> Path:
@@ -604,7 +606,7 @@ def load_fast_lora(pipe: Any, settings: Settings) -> Any | None:
         )
     if settings.fast_lora_required:
         hint = "It may also be owner/repo/file.safetensors; --fast-lora none hides the mode"
-        with model_errors("fast LoRA", location, "--fast-lora", hint):
+        with model_errors("fast LoRA", location, "fast_lora", hint):
             return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
     try:
         return fast.attach_fast_lora(pipe, location, mode=mode, fuse=settings.fast_fuse)
@@ -650,7 +652,7 @@ def load_style_adapter(pipe: Any, settings: Settings) -> Any | None:
             "A hub location is owner/repo/subfolder/file, with its image encoder in "
             "image_encoder/ beside the file; --style-adapter none turns the style image off"
         )
-        with model_errors("style image's IP-Adapter", location, "--style-adapter", hint):
+        with model_errors("style image's IP-Adapter", location, "style_adapter", hint):
             return style_image.attach_style_adapter(pipe, location)
     try:
         return style_image.attach_style_adapter(pipe, location)

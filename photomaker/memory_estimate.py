@@ -131,6 +131,11 @@ def estimate_peaks_gb(
     return {mode: round(peaks[mode] / GB, 2) for mode in MODES}
 
 
+#: The style image's components in ``pipe.components`` (its IP-Adapter weights sit outside,
+#: counted by :func:`detached_style_bytes`).
+STYLE_IMAGE_MODELS = ("image_encoder",)
+
+
 def peaks_without_style_image(pipe: Any) -> dict[str, float] | None:
     """:func:`estimate_peaks_gb` as if the style image were off (``--style-adapter none``): its
     image encoder (3.7 GB at full size) and IP-Adapter weights (0.7 GB) left out; ``None``
@@ -138,4 +143,4 @@ def peaks_without_style_image(pipe: Any) -> dict[str, float] | None:
     ``memory auto``'s reach, so the log says what turning them off would give."""
     if detached_style_bytes(pipe) == 0:
         return None
-    return estimate_peaks_gb(pipe, style_bytes=0, leave_out=("image_encoder",))
+    return estimate_peaks_gb(pipe, style_bytes=0, leave_out=STYLE_IMAGE_MODELS)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -218,11 +218,11 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
                     "This pipeline has no T2I-Adapter: build it with `adapter=T2IAdapter...` to use `image`"
                 )
             height, width = self._default_height_width(height, width, image)
-            control_inputs = self.check_adapter_inputs(
-                image, height, width, adapter_conditioning_scale, adapter_conditioning_factor
-            )
             num_prompts = prompt_batch_size(prompt, prompt_embeds, prompt_embeds_text_only)
-            control_inputs = replace(control_inputs, num_prompts=num_prompts)
+            control_inputs = self.check_adapter_inputs(
+                image, height, width, adapter_conditioning_scale, adapter_conditioning_factor,
+                num_prompts=num_prompts,
+            )  # fmt: skip
         arguments = {**call_arguments(locals()), "height": height, "width": width}
         return self._generate(**arguments, control_inputs=control_inputs)
 
@@ -240,8 +240,10 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
         width: int,
         adapter_conditioning_scale: float | list[float],
         adapter_conditioning_factor: float,
+        num_prompts: int = 1,
     ) -> AdapterInputs:
-        """The adapter's part of a call, checked, its image(s) as tensors at the output size."""
+        """The adapter's part of a call, checked, its image(s) as tensors at the output size.
+        ``num_prompts``: the prompt batch, which one sketch per prompt must match."""
         if isinstance(self.adapter, MultiAdapter):
             if not isinstance(image, (list, tuple)) or len(image) != len(self.adapter.adapters):
                 raise ValueError(
@@ -256,7 +258,7 @@ class PhotoMakerStableDiffusionXLAdapterPipeline(PhotoMakerStableDiffusionXLPipe
         else:
             inputs = adapter_image_tensor(image, height, width)
             scale = float(adapter_conditioning_scale)
-        return AdapterInputs(inputs, scale, float(adapter_conditioning_factor))
+        return AdapterInputs(inputs, scale, float(adapter_conditioning_factor), num_prompts)
 
     def prepare_control(
         self,

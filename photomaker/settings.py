@@ -330,7 +330,8 @@ FIELDS: tuple[Field, ...] = (
     Field("queue_size", int, 20, "Most requests waiting in the queue."),
 )
 
-_BY_NAME = {f.name: f for f in FIELDS}
+#: Each setting's :class:`Field` by its attribute name.
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 
 
 def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:

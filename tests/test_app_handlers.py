@@ -378,11 +378,14 @@ def test_load_settings_restores_the_form(tmp_path):
         *doodle,
         mode,
         style_image_scale,
+        doodle_on,
+        style_area,
     ) = values
     assert (prompt, negative, style) == ("a woman img reading", "blurry", "Watercolor")
     assert doodle == [gr.update(), gr.update()]  # made without a doodle: its sliders stay
     assert mode == "Quality"  # PNGs from before the fast mode were made in quality mode
     assert style_image_scale == gr.update()  # made without a style image: its slider stays
+    assert (doodle_on, style_area) == (gr.update(), gr.update())  # neither section opens
     assert ratio == "1:1 square (1024×1024)"
     assert steps["value"] == 4 and steps["minimum"] == 4  # below the UI's 20: range widened
     assert strength["value"] == 80 and strength["maximum"] == 80
@@ -391,16 +394,16 @@ def test_load_settings_restores_the_form(tmp_path):
         True, 0.3, 0.9,
     )  # fmt: skip
     path = save_png(result.images[0], tmp_path / "d.png", build_metadata(result, Settings()))
-    *_, scale, factor, _mode, _style_scale = handlers.load_settings(str(path))
+    *_, scale, factor, _mode, _style_scale, doodle_on, style_area = handlers.load_settings(str(path))
     assert scale["value"] == 0.3 and scale["minimum"] == 0.3  # below the UI's 0.5: widened
     assert factor["value"] == 0.9
     # The doodle section opens (to draw it again) where the server has the doodle.
-    assert handlers.sections_for_settings(str(path)) == (gr.update(), gr.update())
+    assert (doodle_on, style_area) == (gr.update(), gr.update())
     handlers.service.doodle_available = handlers.service.style_image_available = True
-    assert handlers.sections_for_settings(str(path)) == (gr.update(value=True), gr.update())
+    assert handlers.load_settings(str(path))[-2:] == (gr.update(value=True), gr.update())
     result.style_image = True
     path = save_png(result.images[0], tmp_path / "s.png", build_metadata(result, Settings()))
-    assert handlers.sections_for_settings(str(path))[1] == gr.update(open=True)
+    assert handlers.load_settings(str(path))[-1] == gr.update(open=True)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(gr.Error, match="no PhotoMaker settings") as error:

@@ -40,12 +40,17 @@ QUALITY, FAST = "Quality", "Fast"
 #: Under --aot the compiled graph is Quality mode's; the fast LoRA is not in it.
 AOT_FAST_NOTE = "It runs the uncompiled UNet: the ahead-of-time compiled one serves Quality."
 #: What "Load settings from image" fills: the recorded /generate parameters in the API's
-#: order, and the Advanced accordion (opened) after randomize_seed.
-SETTINGS_OUTPUTS: tuple[str, ...] = tuple(
-    name
-    for p in API_PARAMS
-    if p.kind not in ("files", "image")
-    for name in ((p.name, "advanced") if p.name == "randomize_seed" else (p.name,))
+#: order, the Advanced accordion (opened) after randomize_seed, then the doodle's checkbox and
+#: the style image's section, turned on and opened where the picture used them.
+SETTINGS_OUTPUTS: tuple[str, ...] = (
+    *(
+        name
+        for p in API_PARAMS
+        if p.kind not in ("files", "image")
+        for name in ((p.name, "advanced") if p.name == "randomize_seed" else (p.name,))
+    ),
+    "enable_doodle",
+    "style_image_area",
 )
 
 
@@ -403,7 +408,9 @@ class AppHandlers:
     def load_settings(self, path: str | None):
         """Restore the form from one of our PNGs (its JSON text chunk): one value per
         /generate parameter the PNG records (params.py's ``meta_key``), in the API's order,
-        with Randomize off and the Advanced options open after ``randomize_seed``."""
+        with Randomize off and the Advanced options open after ``randomize_seed``; then the
+        doodle and style-image sections, opened where the picture used them (and this server
+        has them), so that what the warning asks to add again is in view."""
         if not path:
             return [gr.update()] * len(SETTINGS_OUTPUTS)
         try:
@@ -422,30 +429,22 @@ class AppHandlers:
         if meta.get("mode") == "fast" and not getattr(self.service, "fast_available", False):
             gr.Warning("That picture was made in fast mode, which this server does not have.")
         fast = meta.get("mode") == "fast" and getattr(self.service, "fast_available", False)
+        doodle = meta.get("doodle") and getattr(self.service, "doodle_available", False)
+        style = meta.get("style_image") and getattr(self.service, "style_image_available", False)
         values = []
         for name in SETTINGS_OUTPUTS:
             if name == "advanced":
                 values.append(gr.update(open=True))
+            elif name == "enable_doodle":
+                values.append(gr.update(value=True) if doodle else gr.update())
+            elif name == "style_image_area":
+                values.append(gr.update(open=True) if style else gr.update())
             else:
                 value = self._setting_from(BY_NAME[name], meta)
                 if name in ("steps", "guidance_scale") and isinstance(value, dict):
                     value["interactive"] = not fast  # the fast mode sets them
                 values.append(value)
         return tuple(values)
-
-    def sections_for_settings(self, path: str | None):
-        """After settings from a PNG: the doodle and the style-image sections open where the
-        picture used them, so that what the toast asks to add again is in view."""
-        try:
-            meta = metadata.read_metadata(path) if path else {}
-        except PhotoMakerInputError:  # load_settings says why
-            meta = {}
-        doodle = meta.get("doodle") and getattr(self.service, "doodle_available", False)
-        style = meta.get("style_image") and getattr(self.service, "style_image_available", False)
-        return (
-            gr.update(value=True) if doodle else gr.update(),
-            gr.update(open=True) if style else gr.update(),
-        )
 
     @staticmethod
     def settings_outputs() -> tuple[str, ...]:

@@ -480,11 +480,6 @@ def wire_form(page: Page, handlers: AppHandlers) -> None:
         handlers.load_settings, page["settings_file"],
         [page[name] for name in handlers.settings_outputs()], **private,
     )  # fmt: skip
-    page["settings_file"].upload(
-        handlers.sections_for_settings, page["settings_file"],
-        [page["enable_doodle"], page["style_image_area"]],
-        show_progress="hidden", queue=False, **private,
-    )  # fmt: skip
     page["fast"].input(
         handlers.mode_changed,
         [page["fast"], page["steps"], page["guidance_scale"], page["quality_values"]],
